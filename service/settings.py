@@ -1,0 +1,29 @@
+"""Server settings from flags and ``MONOLITH_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MONOLITH_", extra="forbid")
+
+    checkpoint: Path | None = Field(None, description="Checkpoint file; default: the shipped one")
+    fallback_checkpoint: Path | None = Field(None, description="Loaded, with a warning, if checkpoint fails")
+    text_model: Path | None = Field(None, description="Local sentence-transformers folder; default: bundled MiniLM")
+    load_text_model: bool = Field(True, description="Load the text model at start-up (needed for texts)")
+    data_dir: Path = Field(Path("data"), description="Where collections are stored")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1)
+    api_key: str | None = Field(None, description="If set, every route but /healthz and /readyz needs it")
+    max_batch: int = Field(10_000, ge=1, description="Most vectors, texts or codes in one request")
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Largest request body")
+    max_text_chars: int = Field(10_000, ge=1, description="Longest text accepted")
+    batch_wait_ms: float = Field(2.0, ge=0, description="Micro-batcher: how long to wait for more requests")
+    batch_max_size: int = Field(4096, ge=1, description="Micro-batcher: largest coalesced batch")
+    queue_limit: int = Field(1024, ge=1, description="Pending requests before 503 + Retry-After")
+    log_level: str = "info"

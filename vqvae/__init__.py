@@ -1,0 +1,21 @@
+"""Monolith's model library: a VQ-VAE that stores a 384-d sentence embedding in 4 bytes."""
+
+from vqvae.api import Monolith, check_codes, check_embeddings
+from vqvae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from vqvae.config import ModelConfig
+from vqvae.model import MonolithV13, MonolithWiki, build_model
+from vqvae.quantizer import OrthogonalProductQuantizer
+
+__all__ = [
+    "CheckpointError",
+    "ModelConfig",
+    "Monolith",
+    "MonolithV13",
+    "MonolithWiki",
+    "OrthogonalProductQuantizer",
+    "build_model",
+    "check_codes",
+    "check_embeddings",
+    "load_checkpoint",
+    "save_checkpoint",
+]

@@ -1,0 +1,129 @@
+"""The ``Monolith`` facade: numpy in, numpy out, batched, no gradients."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vqvae.checkpoint import Checkpoint, load_with_fallback
+from vqvae.config import ModelConfig
+from vqvae.model import MonolithWiki
+
+CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
+DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "monolith-wiki.safetensors"
+CHECKPOINT_ENV = "MONOLITH_CHECKPOINT"
+FALLBACK_ENV = "MONOLITH_FALLBACK_CHECKPOINT"
+
+
+def default_checkpoint() -> Path:
+    return Path(os.environ.get(CHECKPOINT_ENV) or DEFAULT_CHECKPOINT)
+
+
+def check_embeddings(x: Any, dim: int) -> np.ndarray:
+    """A float32 C-contiguous [N, dim] array, or a ValueError that says what is wrong."""
+    arr = np.asarray(x)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"embeddings must be numeric, got dtype {arr.dtype}")
+    if arr.ndim == 1 and arr.shape[0] == dim:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise ValueError(f"embeddings must have shape [N, {dim}], got {list(arr.shape)}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise ValueError("embeddings contain NaN or Inf")
+    return arr
+
+
+def check_codes(codes: Any, num_heads: int, codebook_size: int) -> np.ndarray:
+    """An int64 [N, H] array of codes in 0..K-1, or a ValueError that says what is wrong."""
+    arr = np.asarray(codes)
+    if arr.ndim == 1 and arr.shape[0] == num_heads:
+        arr = arr[None, :]
+    if arr.ndim != 2 or arr.shape[1] != num_heads:
+        raise ValueError(f"codes must have shape [N, {num_heads}], got {list(arr.shape)}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if arr.size and not (np.issubdtype(arr.dtype, np.floating) and np.all(np.mod(arr, 1) == 0)):
+            raise ValueError(f"codes must be integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= codebook_size):
+        raise ValueError(f"codes must lie in 0..{codebook_size - 1}, got values {arr.min()}..{arr.max()}")
+    return arr
+
+
+class Monolith:
+    """A loaded model: ``encode`` (float32 [N,384] → uint8 [N,4]), ``decode``, ``encode_text``."""
+
+    def __init__(self, checkpoint: Checkpoint, text_model: str | Path | None = None, batch_size: int = 4096):
+        self.checkpoint = checkpoint
+        self.model: MonolithWiki = checkpoint.model.eval()
+        self.config: ModelConfig = checkpoint.config
+        self.batch_size = batch_size
+        self._text_model = text_model
+        self._embedder = None
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        fallback: str | Path | None = None,
+        text_model: str | Path | None = None,
+    ) -> Monolith:
+        """The shipped checkpoint by default (or ``$MONOLITH_CHECKPOINT``); ``fallback`` (or
+        ``$MONOLITH_FALLBACK_CHECKPOINT``) is tried, with a warning, if it is missing or broken."""
+        primary = Path(path) if path else default_checkpoint()
+        fb = fallback or os.environ.get(FALLBACK_ENV)
+        return cls(load_with_fallback(primary, Path(fb) if fb else None), text_model=text_model)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self.checkpoint.metadata
+
+    @property
+    def sha256(self) -> str:
+        return self.checkpoint.sha256
+
+    @property
+    def embedder(self):
+        """The text model, loaded on first use (most callers only handle vectors)."""
+        if self._embedder is None:
+            from vqvae.embedder import TextEmbedder
+
+            self._embedder = TextEmbedder(self._text_model, expected_dim=self.config.input_dim)
+        return self._embedder
+
+    @torch.inference_mode()
+    def encode_latent(self, x: np.ndarray) -> np.ndarray:
+        """Encoder outputs z_e [N, latent] (what the search kernel scores codes against)."""
+        x = check_embeddings(x, self.config.input_dim)
+        out = [self.model.encode_latent(torch.from_numpy(x[i : i + self.batch_size])).numpy()
+               for i in range(0, len(x), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros((0, self.config.latent_dim), np.float32)
+
+    @torch.inference_mode()
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        x = check_embeddings(x, self.config.input_dim)
+        codes = np.empty((len(x), self.config.num_heads), dtype=np.uint8)
+        for i in range(0, len(x), self.batch_size):
+            codes[i : i + self.batch_size] = self.model.encode(torch.from_numpy(x[i : i + self.batch_size])).numpy()
+        return codes
+
+    @torch.inference_mode()
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        c = check_codes(codes, self.config.num_heads, self.config.codebook_size)
+        out = np.empty((len(c), self.config.input_dim), dtype=np.float32)
+        for i in range(0, len(c), self.batch_size):
+            out[i : i + self.batch_size] = self.model.decode(torch.from_numpy(c[i : i + self.batch_size])).numpy()
+        return out
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.embedder.embed(texts)
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encode(self.embed_text(texts))

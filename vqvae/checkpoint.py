@@ -1,0 +1,151 @@
+"""Checkpoints: one ``.safetensors`` file, weights plus JSON metadata; nothing is unpickled."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from vqvae.config import ModelConfig
+from vqvae.model import MonolithWiki, build_model
+
+log = logging.getLogger(__name__)
+
+FORMAT = "monolith"
+FORMAT_VERSION = 1
+# Metadata keys stored as JSON strings (safetensors metadata is str → str).
+JSON_KEYS = ("model_config", "provenance", "metrics", "reference_counts", "training")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or does not match the model it claims to be."""
+
+
+@dataclass
+class Checkpoint:
+    model: MonolithWiki
+    config: ModelConfig
+    path: Path
+    sha256: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; checkpoints are shared read-only files
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_checkpoint(model: MonolithWiki, path: Path, **extra: Any) -> Path:
+    """Save weights with the model config and any of ``provenance``, ``metrics``,
+    ``reference_counts`` or ``training`` (JSON-serialisable) in the metadata."""
+    unknown = set(extra) - set(JSON_KEYS)
+    if unknown:
+        raise ValueError(f"unknown checkpoint metadata {sorted(unknown)}; valid: {list(JSON_KEYS[1:])}")
+    meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
+    meta["model_config"] = model.config.model_dump_json()
+    for key, value in extra.items():
+        if value is not None:
+            meta[key] = json.dumps(value)
+    atomic_save_tensors(model.state_dict(), path, meta)
+    return Path(path)
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The parsed metadata of a checkpoint, without building the model."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable (truncated or not safetensors): {exc}") from exc
+    if raw.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a safetensors file but not a Monolith checkpoint (no format tag)")
+    version = int(raw.get("format_version", "0"))
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version}; this Monolith reads version {FORMAT_VERSION}"
+        )
+    meta: dict[str, Any] = dict(raw)
+    for key in JSON_KEYS:
+        if key in raw:
+            try:
+                meta[key] = json.loads(raw[key])
+            except json.JSONDecodeError as exc:
+                raise CheckpointError(f"{path}: metadata '{key}' is not valid JSON") from exc
+    if "model_config" not in meta:
+        raise CheckpointError(f"{path}: metadata has no model_config")
+    return meta
+
+
+def load_checkpoint(path: Path, device: str = "cpu") -> Checkpoint:
+    """Build the architecture named in the metadata and load its weights, checking every shape."""
+    path = Path(path)
+    meta = read_metadata(path)
+    try:
+        config = ModelConfig.model_validate(meta["model_config"])
+    except ValidationError as exc:
+        raise CheckpointError(f"{path}: invalid model_config in metadata: {exc}") from exc
+    model = build_model(config)
+    expected = model.state_dict()
+    try:
+        with safe_open(str(path), framework="pt", device=device) as fh:
+            found = {k: fh.get_tensor(k) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} is unreadable: {exc}") from exc
+    problems = [f"missing {k}" for k in expected if k not in found]
+    problems += [f"unexpected {k}" for k in found if k not in expected]
+    problems += [
+        f"{k}: shape {list(found[k].shape)} != {list(v.shape)}"
+        for k, v in expected.items()
+        if k in found and found[k].shape != v.shape
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{path} does not match {config.architecture} {config.model_dump()}: " + "; ".join(problems[:8])
+        )
+    model.load_state_dict(found)
+    model.to(device).eval()
+    return Checkpoint(model=model, config=config, path=path, sha256=file_sha256(path), metadata=meta)
+
+
+def load_with_fallback(primary: Path, fallback: Path | None = None, device: str = "cpu") -> Checkpoint:
+    """Load ``primary``; if it is missing or unreadable and a fallback is set, load that instead."""
+    try:
+        return load_checkpoint(primary, device)
+    except CheckpointError as exc:
+        if fallback is None:
+            raise
+        log.warning("checkpoint %s failed (%s); falling back to %s", primary, exc, fallback)
+        return load_checkpoint(fallback, device)

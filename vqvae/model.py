@@ -1,0 +1,95 @@
+"""MonolithWiki (the shipped architecture) and the legacy MonolithV13 layout."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqvae.config import ModelConfig
+from vqvae.quantizer import OrthogonalProductQuantizer
+
+
+def _mlp(d_in: int, d_hidden: int, d_out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(d_in, d_hidden),
+        nn.LayerNorm(d_hidden),
+        nn.GELU(),
+        nn.Dropout(dropout),
+        nn.Linear(d_hidden, d_out),
+    )
+
+
+class MonolithWiki(nn.Module):
+    """Encoder 384→1024→512, 4×256×128 product quantizer, decoder 512→1024→384.
+
+    ``forward`` returns a dict so that the loss factory can read each term's inputs by key.
+    """
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        c = self.config
+        self.encoder = self._make_encoder(c)
+        self.quantizer = OrthogonalProductQuantizer(c.num_heads, c.codebook_size, c.head_dim)
+        self.decoder = self._make_decoder(c)
+
+    @staticmethod
+    def _make_encoder(c: ModelConfig) -> nn.Module:
+        return _mlp(c.input_dim, c.hidden_dim, c.latent_dim, c.dropout)
+
+    @staticmethod
+    def _make_decoder(c: ModelConfig) -> nn.Module:
+        return _mlp(c.latent_dim, c.hidden_dim, c.input_dim, c.dropout)
+
+    def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def decode_latent(self, z_q: torch.Tensor) -> torch.Tensor:
+        """Latent → embedding; unit length when configured, as the inputs are."""
+        x_hat = self.decoder(z_q)
+        return F.normalize(x_hat, dim=-1) if self.config.normalize_output else x_hat
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Embeddings [B, 384] → codes [B, H] int64."""
+        return self.quantizer.distances(self.encode_latent(x)).argmin(dim=-1)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes [B, H] → reconstructions [B, 384]."""
+        return self.decode_latent(self.quantizer.get_codes_from_indices(codes))
+
+    def forward(self, x: torch.Tensor, quantize: bool = True) -> dict[str, torch.Tensor]:
+        """``quantize=False`` bypasses the quantizer (the autoencoder warm-up before k-means init)."""
+        z_e = self.encode_latent(x)
+        if not quantize:
+            return {"x": x, "z_e": z_e, "x_hat": self.decode_latent(z_e)}
+        q = self.quantizer(z_e)
+        return {
+            "x": x,
+            "z_e": z_e,
+            "z_q": q.z_q,
+            "z_q_raw": q.z_q_raw,
+            "codes": q.codes,
+            "distances": q.distances,
+            "codebooks": self.quantizer.codebooks,
+            "x_hat": self.decode_latent(q.z_q),
+        }
+
+
+class MonolithV13(MonolithWiki):
+    """The legacy single-layer layout (384→256→384, 4 heads × 64-d), kept loadable as a fallback."""
+
+    @staticmethod
+    def _make_encoder(c: ModelConfig) -> nn.Module:
+        return nn.Sequential(nn.Linear(c.input_dim, c.latent_dim))
+
+    @staticmethod
+    def _make_decoder(c: ModelConfig) -> nn.Module:
+        return nn.Sequential(nn.Linear(c.latent_dim, c.input_dim))
+
+
+ARCHITECTURES: dict[str, type[MonolithWiki]] = {"MonolithWiki": MonolithWiki, "MonolithV13": MonolithV13}
+
+
+def build_model(config: ModelConfig) -> MonolithWiki:
+    return ARCHITECTURES[config.architecture](config)
