@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,4 +27,18 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(2.0, ge=0, description="Micro-batcher: how long to wait for more requests")
     batch_max_size: int = Field(4096, ge=1, description="Micro-batcher: largest coalesced batch")
     queue_limit: int = Field(1024, ge=1, description="Pending requests before 503 + Retry-After")
+    torch_threads: int = Field(
+        0, ge=0, description="Torch threads for batches of 256+ rows (0: torch's default); smaller ones use 1"
+    )
     log_level: str = "info"
+    # Collections (service/store.py, service/routes/collections.py)
+    max_metadata_bytes: int = Field(16_384, ge=2, description="Largest item metadata, as compact UTF-8 JSON")
+    max_id_chars: int = Field(512, ge=1, description="Longest item id in a collection")
+    default_candidates: int = Field(
+        0, ge=0, description="ADC candidates re-ranked by decoded cosine when a search does not say; 0: ADC only"
+    )
+    max_candidates: int = Field(10_000, ge=0, description="Most ADC candidates a search may ask to re-rank")
+    search_backend: Literal["faiss", "numpy"] = Field("faiss", description="ADC kernel for collection search")
+    sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = Field(
+        "FULL", description="SQLite synchronous mode of collections; FULL also survives power loss"
+    )

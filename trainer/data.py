@@ -184,7 +184,7 @@ def load_embeddings(path: Path, dim: int | None = None) -> np.ndarray:
         raise ValueError(f"{path}: expected shape [N, {dim or 'D'}], got {list(arr.shape)}")
     if not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(f"{path}: expected floating point data, got {arr.dtype}")
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    arr = np.array(arr, dtype=np.float32, order="C")  # a writable in-memory copy of the mmap
     if not np.isfinite(arr).all():
         raise ValueError(f"{path}: contains NaN or Inf")
     return arr

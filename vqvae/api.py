@@ -34,6 +34,8 @@ def check_embeddings(x: Any, dim: int) -> np.ndarray:
     if arr.ndim != 2 or arr.shape[1] != dim:
         raise ValueError(f"embeddings must have shape [N, {dim}], got {list(arr.shape)}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not arr.flags.writeable:  # torch.from_numpy warns on read-only (e.g. memory-mapped) arrays
+        arr = arr.copy()
     if not np.isfinite(arr).all():
         raise ValueError("embeddings contain NaN or Inf")
     return arr

@@ -24,6 +24,9 @@ class ModelConfig(BaseModel):
     codebook_size: int = Field(256, gt=1, le=256)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     normalize_output: bool = True
+    # Each head's slice of z_e (and each code) lies on the unit sphere: the encoder cannot
+    # grow its outputs away from the codebooks, and squared L2 becomes 2 − 2·cosine.
+    normalize_latent: bool = True
 
     @model_validator(mode="after")
     def _heads_divide_latent(self) -> ModelConfig:

@@ -58,7 +58,7 @@ class TextEmbedder:
             self._model = SentenceTransformer(str(self.model_dir), device=device)
         except Exception as exc:
             raise EmbedderError(f"cannot load text model from {self.model_dir}: {exc}") from exc
-        dim = self._model.get_sentence_embedding_dimension()
+        dim = self._model.get_embedding_dimension()
         if expected_dim is not None and dim != expected_dim:
             raise EmbedderError(
                 f"text model {self.model_dir} gives {dim}-d embeddings but the Monolith model "

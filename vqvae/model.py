@@ -43,7 +43,19 @@ class MonolithWiki(nn.Module):
         return _mlp(c.latent_dim, c.hidden_dim, c.input_dim, c.dropout)
 
     def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
+        """z_e [B, H*D]; with ``normalize_latent`` every head's slice has unit length."""
+        z = self.encoder(x)
+        if self.config.normalize_latent:
+            c = self.config
+            z = F.normalize(z.reshape(-1, c.num_heads, c.head_dim), dim=-1).reshape(-1, c.latent_dim)
+        return z
+
+    @torch.no_grad()
+    def renormalize_codebooks(self) -> None:
+        """Put codes back on the unit sphere after an update moved them (normalize_latent only)."""
+        if self.config.normalize_latent:
+            cb = self.quantizer.codebooks
+            cb.data.copy_(F.normalize(cb.data, dim=-1))
 
     def decode_latent(self, z_q: torch.Tensor) -> torch.Tensor:
         """Latent → embedding; unit length when configured, as the inputs are."""

@@ -1,0 +1,137 @@
+"""Resident memory per stored vector: CodeIndex alone, and a served collection with its ids.
+
+1. Builds a collection of ``--n`` items (default 1M; ids like ``item-0000042``, no metadata
+   or text: payload is excluded by design) under a temporary data dir, with random codes.
+2. In a fresh process: loads the model, measures RSS, opens the collection the way the
+   server does at start-up (rebuilding the index from SQLite), measures again, runs a few
+   searches (SQLite's page cache warms up), measures again. Bytes per vector =
+   RSS growth / n; the model is excluded because it is loaded before the first reading.
+3. For scale, the RSS of a plain ``dict[str, int]`` over the same ids, which is what keeping
+   ids in Python would cost.
+
+    python bench/bench_memory.py [--n 1000000] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+NAME = "membench"
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
+
+
+def build(data_dir: Path, n: int, checkpoint: str | None) -> float:
+    from service.store import Store, StoreModel
+    from vqvae.api import Monolith
+
+    t0 = time.perf_counter()
+    store = Store(data_dir, StoreModel.from_monolith(Monolith.load(checkpoint)), synchronous="NORMAL")
+    col, _ = store.create(NAME)
+    rng = np.random.default_rng(0)
+    step = 100_000
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        col.upsert([f"item-{i:07d}" for i in range(start, stop)], rng.integers(0, 256, (stop - start, 4)))
+    store.close()
+    return time.perf_counter() - t0
+
+
+def measure(data_dir: Path, n: int, checkpoint: str | None) -> dict[str, float]:
+    from service.store import Store, StoreModel
+    from vqvae.api import Monolith
+    from vqvae.search import CodeIndex
+
+    monolith = Monolith.load(checkpoint)
+    model = StoreModel.from_monolith(monolith)
+    z = monolith.encode_latent(np.random.default_rng(1).standard_normal((8, 384)).astype(np.float32))
+    # Warm-up: one-off per-process costs (BLAS/OpenMP buffers and threads, SQLite, faiss tables)
+    # must not be charged to the vectors.
+    warm = CodeIndex(model.codebooks)
+    warm.add(np.zeros((1000, 4), np.uint8))
+    warm.search(z, 10)
+    del warm
+    gc.collect()
+
+    base = rss_bytes()
+    t0 = time.perf_counter()
+    col = Store(data_dir, model).get(NAME)
+    load_s = time.perf_counter() - t0
+    assert len(col) == n
+    gc.collect()
+    opened = rss_bytes() - base
+    for _ in range(20):
+        col.search(z, None, 10)
+    for i in range(0, n, max(1, n // 200)):
+        col.get(f"item-{i:07d}")
+    gc.collect()
+    warmed = rss_bytes() - base
+
+    base = rss_bytes()
+    index = CodeIndex(model.codebooks)
+    index.add(np.random.default_rng(2).integers(0, 256, (n, 4), dtype=np.uint8))
+    index.search(z, 10)
+    gc.collect()
+    index_only = rss_bytes() - base
+    del index
+    gc.collect()
+
+    base = rss_bytes()
+    ids = {f"item-{i:07d}": i for i in range(n)}
+    gc.collect()
+    as_dict = rss_bytes() - base
+    del ids
+    return {"index_only": index_only / n, "collection_open": opened / n, "collection_after_queries": warmed / n,
+            "python_dict_ids": as_dict / n, "open_seconds": load_s}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--keep", type=Path, default=None, help="build (or reuse) the collection here")
+    ap.add_argument("--measure", type=Path, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.measure is not None:
+        print(json.dumps(measure(args.measure, args.n, args.checkpoint)))
+        return
+    data_dir = args.keep or Path(tempfile.mkdtemp(prefix="monolith-mem-"))
+    try:
+        if not (data_dir / "collections" / f"{NAME}.sqlite3").exists():
+            print(f"building {args.n} items in {data_dir} ...", flush=True)
+            print(f"  built in {build(data_dir, args.n, args.checkpoint):.1f}s")
+        cmd = [sys.executable, __file__, "--measure", str(data_dir), "--n", str(args.n)]
+        if args.checkpoint:
+            cmd += ["--checkpoint", args.checkpoint]
+        out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+        db = data_dir / "collections" / f"{NAME}.sqlite3"
+        print(f"items: {args.n}; database on disk: {db.stat().st_size / args.n:.1f} B/item")
+        print("resident bytes per stored vector (model excluded, ids included, no payload):")
+        print(f"  CodeIndex alone (codes only)            {out['index_only']:6.2f}")
+        print(f"  collection opened (index rebuilt)       {out['collection_open']:6.2f}")
+        print(f"  collection after searches and gets      {out['collection_after_queries']:6.2f}")
+        print(f"  for scale: Python dict[str, int] of ids {out['python_dict_ids']:6.2f}")
+        print(f"collection opened (index rebuilt from SQLite) in {out['open_seconds']:.2f}s")
+    finally:
+        if args.keep is None:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

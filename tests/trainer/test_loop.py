@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import TINY, clustered_embeddings
+from trainer.config import TrainConfig
+from trainer.loop import Trainer
+from vqvae import Monolith
+
+
+@pytest.fixture
+def data(tmp_path):
+    np.save(tmp_path / "train.npy", clustered_embeddings(1024, seed=1))
+    np.save(tmp_path / "val.npy", clustered_embeddings(300, seed=2))
+    return tmp_path
+
+
+def config(data, out, **over):
+    raw = {
+        "model": TINY.model_dump(),
+        "data": {"train": [str(data / "train.npy")], "val": [str(data / "val.npy")]},
+        "optim": {"batch_size": 128, "epochs": 4, "warmup_steps": 8, "lr": 3e-3},
+        "quantizer": {"kmeans_samples": 1024, "kmeans_iters": 5, "reseed_every": 5},
+        "loss": {"info_nce": 0.1},
+        "eval_every": 16, "checkpoint_every": 16, "out_dir": str(out), "threads": 1,
+    }
+    raw.update(over)
+    return TrainConfig.model_validate(raw)
+
+
+def test_short_run_lowers_loss_and_writes_loadable_checkpoints(data, tmp_path):
+    t = Trainer(config(data, tmp_path / "run"), progress=False)
+    t.init_codebooks()
+    t.step = t.cfg.optim.warmup_steps
+    first = np.mean([t.train_step(s)["cosine"] for s in range(t.step, t.step + 3)])
+    t = Trainer(config(data, tmp_path / "run"), progress=False)
+    result = t.run()
+    last = np.mean([t.train_step(s)["cosine"] for s in range(t.step, t.step + 3)])
+    assert last < first
+    assert result["last"]["codes_used"] > 32
+    for name in ("best", "last"):
+        m = Monolith.load(tmp_path / "run" / f"{name}.safetensors")
+        assert m.encode(clustered_embeddings(4)).shape == (4, 4)
+        assert np.asarray(m.metadata["reference_counts"]).shape == (4, 16)
+
+
+def test_resume_is_exact(data, tmp_path):
+    full = Trainer(config(data, tmp_path / "a"), progress=False)
+    full.run()
+    half = Trainer(config(data, tmp_path / "b", max_steps=16), progress=False)
+    half.run()  # stops at 16 and saves state
+    resumed = Trainer(config(data, tmp_path / "b"), progress=False)
+    resumed.run(resume=True)
+    assert resumed.step == full.step
+    for k, v in full.model.state_dict().items():
+        assert torch.allclose(v, resumed.model.state_dict()[k], atol=1e-6), k

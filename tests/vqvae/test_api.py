@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+
+from tests.conftest import clustered_embeddings
+from vqvae import Monolith
+from vqvae.api import DEFAULT_CHECKPOINT
+
+
+def test_encode_decode_numpy(tiny_checkpoint):
+    m = Monolith.load(tiny_checkpoint)
+    m.batch_size = 7  # exercise batching across chunk borders
+    x = clustered_embeddings(20)
+    codes = m.encode(x)
+    assert codes.dtype == np.uint8 and codes.shape == (20, 4)
+    assert np.array_equal(codes, Monolith.load(tiny_checkpoint).encode(x))
+    x_hat = m.decode(codes)
+    assert x_hat.dtype == np.float32 and x_hat.shape == (20, 384)
+    assert np.allclose(np.linalg.norm(x_hat, axis=1), 1, atol=1e-5)
+    assert m.encode(x[0]).shape == (1, 4)  # a single vector is accepted
+    assert m.encode(np.zeros((0, 384), np.float32)).shape == (0, 4)
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (np.zeros((2, 10), np.float32), r"shape \[N, 384\]"),
+        (np.full((1, 384), np.nan, np.float32), "NaN or Inf"),
+        (np.array([["a"] * 384]), "numeric"),
+    ],
+)
+def test_bad_embeddings(tiny_checkpoint, bad, match):
+    with pytest.raises(ValueError, match=match):
+        Monolith.load(tiny_checkpoint).encode(bad)
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (np.array([[0, 1, 2]]), r"shape \[N, 4\]"),
+        (np.array([[0, 1, 2, 16]]), r"0\.\.15"),
+        (np.array([[0, -1, 2, 3]]), r"0\.\.15"),
+        (np.array([[0.5, 1, 2, 3]]), "integers"),
+    ],
+)
+def test_bad_codes(tiny_checkpoint, bad, match):
+    with pytest.raises(ValueError, match=match):
+        Monolith.load(tiny_checkpoint).decode(bad)
+
+
+def test_shipped_checkpoint_loads_by_default():
+    m = Monolith.load()
+    assert m.checkpoint.path == DEFAULT_CHECKPOINT
+    assert m.config.num_heads == 4 and m.config.codebook_size == 256 and m.config.latent_dim == 512
+    assert "reference_counts" in m.metadata
+
+
+def test_env_selects_checkpoint(tiny_checkpoint, monkeypatch):
+    monkeypatch.setenv("MONOLITH_CHECKPOINT", str(tiny_checkpoint))
+    assert Monolith.load().config.codebook_size == 16

@@ -1,0 +1,37 @@
+import numpy as np
+import pytest
+
+from vqvae.health import codebook_health, zipf_fit
+
+
+def test_recovers_known_zipf_alpha():
+    ranks = np.arange(1, 257)
+    for alpha in (0.8, 1.2, 1.6):
+        counts = np.round(1e7 * ranks ** -alpha).astype(np.int64)
+        est, r2 = zipf_fit(np.random.default_rng(0).permutation(counts))
+        assert abs(est - alpha) < 0.05 and r2 > 0.99
+
+
+def test_uniform_usage_is_healthy():
+    h = codebook_health(np.full((4, 256), 100))
+    assert h.status == "healthy" and not h.reasons
+    assert all(abs(x.entropy_bits - 8) < 1e-9 and x.used == 256 and x.dead == 0 for x in h.heads)
+    assert abs(h.heads[0].perplexity - 256) < 1e-6
+    assert abs(h.heads[0].top10_share - 26 / 256) < 1e-9
+
+
+def test_collapse_and_warning_are_flagged_with_reasons():
+    counts = np.full((4, 256), 100)
+    counts[1, 10:] = 0  # 10 codes used
+    h = codebook_health(counts)
+    assert h.status == "collapsed" and "head 1" in h.reasons[0]
+    counts = np.full((4, 256), 100)
+    counts[2, :30] = 0  # 30 dead codes
+    h = codebook_health(counts)
+    assert h.status == "warning" and "head 2: 30 dead" in h.reasons[0]
+
+
+def test_empty_and_bad_counts():
+    assert codebook_health(np.zeros((4, 256))).status == "warning"
+    with pytest.raises(ValueError, match="heads, codes"):
+        codebook_health(np.zeros(256))

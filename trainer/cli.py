@@ -1,0 +1,157 @@
+"""``monolith-train``: corpus → embed → train → eval."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build corpora, embed, train and evaluate.")
+console = Console(stderr=True)
+
+
+def fail(message: str) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+
+
+@app.command()
+def corpus(
+    out: Annotated[Path, typer.Option(help="folder for {source}.{split}.txt")] = Path("data/corpus"),
+    sources: Annotated[list[str] | None, typer.Option("--source", help="repeatable")] = None,
+) -> None:
+    """Build deduplicated texts from WordNet glosses, Debian synopses, pydoc and changelogs."""
+    from trainer.data import SOURCES, CorpusError, build_corpus
+
+    try:
+        counts = build_corpus(out, sources or list(SOURCES))
+    except CorpusError as exc:
+        fail(str(exc))
+    table = Table("source", "train", "val", "test", title=f"corpus in {out}")
+    for name, c in counts.items():
+        table.add_row(name, str(c["train"]), str(c["val"]), str(c["test"]))
+    Console().print(table)
+
+
+@app.command()
+def embed(
+    texts: Annotated[Path, typer.Argument(help="one text per line")],
+    out: Annotated[Path, typer.Argument(help="float32 .npy to write")],
+    text_model: Annotated[Path | None, typer.Option(help="local sentence-transformers folder")] = None,
+    batch_size: int = 64,
+) -> None:
+    """Embed a text file into a float32 [N, 384] .npy, with a progress bar."""
+    from trainer.data import embed_file
+    from vqvae.embedder import EmbedderError, TextEmbedder
+
+    if not texts.is_file():
+        fail(f"text file not found: {texts}")
+    try:
+        n = embed_file(TextEmbedder(text_model, batch_size=batch_size), texts, out)
+    except (EmbedderError, ValueError) as exc:
+        fail(str(exc))
+    console.print(f"wrote {n} embeddings to {out}")
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML or JSON training config")],
+    resume: Annotated[bool, typer.Option(help="continue from out_dir/last.state.safetensors")] = False,
+    out_dir: Annotated[Path | None, typer.Option(help="override the config's out_dir")] = None,
+) -> None:
+    """Train a model; writes best/last checkpoints and a resumable state to out_dir."""
+    from trainer.config import ConfigError, load_config
+    from trainer.loop import Trainer
+    from vqvae.checkpoint import CheckpointError
+
+    try:
+        cfg = load_config(config, {"out_dir": str(out_dir)} if out_dir else None)
+        result = Trainer(cfg).run(resume=resume)
+    except (ConfigError, CheckpointError, ValueError) as exc:
+        fail(str(exc))
+    console.print(json.dumps(result, indent=2, default=float))
+
+
+def _parse_set(spec: str) -> tuple[str, Path, Path | None]:
+    name, _, files = spec.partition("=")
+    if not files:
+        fail(f"--set takes NAME=DB.npy[:QUERIES.npy], got {spec!r}")
+    db, _, queries = files.partition(":")
+    return name, Path(db), Path(queries) if queries else None
+
+
+@app.command("eval")
+def evaluate(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint to judge")],
+    train_data: Annotated[list[Path], typer.Option("--train", help="vectors the baselines are fitted on")],
+    sets: Annotated[list[str], typer.Option("--set", help="NAME=DB.npy[:QUERIES.npy]; repeatable")],
+    baselines: Annotated[str, typer.Option(help="comma-separated faiss quantizers")] = "PQ4x8,OPQ4,PQ4,RQ4x8",
+    max_train: Annotated[int, typer.Option(help="baseline training vectors")] = 50_000,
+    n_queries: int = 1000,
+    json_out: Annotated[Path | None, typer.Option(help="also write the rows as JSON")] = None,
+) -> None:
+    """Recall and reconstruction of a checkpoint next to faiss at the same 4 bytes per vector."""
+    from trainer.data import load_embeddings
+    from trainer.evaluate import EvalSet, fit_baseline, monolith_codec, quality_report, split_queries
+    from vqvae.api import Monolith
+    from vqvae.checkpoint import CheckpointError
+
+    try:
+        model = Monolith.load(checkpoint)
+        dim = model.config.input_dim
+        train = np.concatenate([load_embeddings(p, dim) for p in train_data])
+        rng = np.random.default_rng(0)
+        if len(train) > max_train:
+            train = train[np.sort(rng.choice(len(train), max_train, replace=False))]
+        eval_sets = []
+        for spec in sets:
+            name, db, queries = _parse_set(spec)
+            x = load_embeddings(db, dim)
+            eval_sets.append(EvalSet(name, x, load_embeddings(queries, dim)[:n_queries]) if queries
+                             else split_queries(name, x, n_queries))
+    except (CheckpointError, ValueError) as exc:
+        fail(str(exc))
+    # "OPQ4,PQ4" holds a comma: split on commas that start a new known name.
+    names = [b for b in baselines.replace("OPQ4,PQ4", "OPQ4+PQ4").split(",") if b]
+    methods = {"monolith": monolith_codec(model)}
+    for b in names:
+        b = b.replace("OPQ4+PQ4", "OPQ4,PQ4")
+        with console.status(f"fitting {b} on {len(train)} vectors"):
+            try:
+                methods[b] = fit_baseline(b, train)
+            except ValueError as exc:
+                fail(str(exc))
+    rows = quality_report(methods, eval_sets)
+    print_report(rows)
+    if json_out:
+        json_out.write_text(json.dumps(rows, indent=2))
+
+
+def print_report(rows: list[dict]) -> None:
+    cols = ["recall_10@10", "recall_1@10", "recall_10@100", "cosine", "rel_sq_error", "codes_used",
+            "norm_entropy_min"]
+    table = Table("set", "method", *cols, title="quality at 4 bytes/vector (search over reconstructions)")
+    for r in rows:
+        table.add_row(r["set"], r["method"], *[
+            "-" if r.get(c) is None else (f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c])) for c in cols
+        ])
+    Console(width=160).print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
