@@ -108,7 +108,7 @@ class StoreModel:
             num_heads=monolith.config.num_heads,
             codebook_size=monolith.config.codebook_size,
             codebooks=model.quantizer.codebooks.detach().cpu().numpy().astype(np.float32),
-            latent_unit_heads=bool(getattr(monolith.config, "normalize_latent", False)),
+            latent_unit_heads=bool(getattr(monolith.config, "latent_unit_heads", False)),
             model_config=monolith.config.model_dump(mode="json"),
             decoder=CodeDecoder(model),
         )

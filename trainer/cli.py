@@ -72,15 +72,52 @@ def train(
 ) -> None:
     """Train a model; writes best/last checkpoints and a resumable state to out_dir."""
     from trainer.config import ConfigError, load_config
+    from trainer.distributed import cleanup
     from trainer.loop import Trainer
+    from trainer.monitor import TrainingDiverged
     from vqvae.checkpoint import CheckpointError
 
     try:
         cfg = load_config(config, {"out_dir": str(out_dir)} if out_dir else None)
-        result = Trainer(cfg).run(resume=resume)
-    except (ConfigError, CheckpointError, ValueError) as exc:
+        trainer = Trainer(cfg)
+        result = trainer.run(resume=resume)
+    except (ConfigError, CheckpointError, ValueError, KeyError, TrainingDiverged) as exc:
+        fail(str(exc).strip("'\""))
+    finally:
+        cleanup()
+    if trainer.dist.is_main:
+        console.print(json.dumps(result, indent=2, default=float))
+
+
+@app.command()
+def landscape(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint (any bottleneck)")],
+    data: Annotated[Path, typer.Option("--data", help="float32 .npy [N, 384] the loss is measured on")],
+    out: Annotated[Path | None, typer.Option(help="folder for the PNGs (default: CHECKPOINT-landscape)")] = None,
+    samples: Annotated[int, typer.Option(help="vectors of --data used (a seeded random subset)")] = 2048,
+    steps: Annotated[int, typer.Option(help="grid points per direction")] = 21,
+    radius: Annotated[float, typer.Option(help="grid half-width in units of the filter-normalised directions")] = 1.0,
+    probes: Annotated[int, typer.Option(help="random perturbations per sharpness radius")] = 8,
+    ascent_steps: Annotated[int, typer.Option(help="projected gradient-ascent steps per radius")] = 5,
+    seed: int = 0,
+) -> None:
+    """The training loss around a checkpoint's weights: a 2-D contour PNG and a sharpness figure."""
+    from trainer.data import load_embeddings
+    from trainer.landscape import run_landscape
+    from vqvae.checkpoint import CheckpointError, read_metadata
+
+    if steps < 2 or radius <= 0 or samples < 2:
+        fail("--steps must be ≥ 2, --radius > 0 and --samples ≥ 2")
+    try:
+        dim = int(read_metadata(checkpoint)["model_config"].get("input_dim", 384))
+        x = load_embeddings(data, dim)
+        if len(x) > samples:
+            x = x[np.sort(np.random.default_rng(seed).choice(len(x), samples, replace=False))]
+        result = run_landscape(checkpoint, x, out or checkpoint.with_name(checkpoint.stem + "-landscape"),
+                               steps=steps, radius=radius, samples=probes, ascent_steps=ascent_steps, seed=seed)
+    except (CheckpointError, ValueError) as exc:
         fail(str(exc))
-    console.print(json.dumps(result, indent=2, default=float))
+    console.print(json.dumps(result.summary(), indent=2))
 
 
 def _parse_set(spec: str) -> tuple[str, Path, Path | None]:

@@ -7,11 +7,18 @@ the vectors they win, keeps all of them in use.
 
 from __future__ import annotations
 
+import logging
+
 import faiss
 import numpy as np
 import torch
 
+from trainer.config import QuantizerTrainConfig
+from trainer.distributed import Dist
+from vqvae.losses import code_histogram
 from vqvae.quantizer import OrthogonalProductQuantizer
+
+log = logging.getLogger(__name__)
 
 
 def kmeans_codebooks(z: np.ndarray, num_heads: int, k: int, iters: int, seed: int) -> np.ndarray:
@@ -27,6 +34,10 @@ def kmeans_codebooks(z: np.ndarray, num_heads: int, k: int, iters: int, seed: in
     return out
 
 
+def _no_reduce(*tensors: torch.Tensor) -> None:
+    """Single process: the batch statistics are already global."""
+
+
 class EMACodebook:
     """Exponential moving averages of code counts and sums; the codebook is their Laplace-smoothed ratio."""
 
@@ -37,6 +48,7 @@ class EMACodebook:
         h, k, _ = quantizer.codebooks.shape
         self.count = torch.full((h, k), fair_count)
         self.sum = quantizer.codebooks.detach().clone() * fair_count
+        self.reduce = _no_reduce  # distributed training sums the batch statistics over ranks here
 
     def reset_from_codebooks(self) -> None:
         self.count.fill_(self.fair)
@@ -49,6 +61,7 @@ class EMACodebook:
         flat = codes + torch.arange(h).unsqueeze(0) * k  # [B, H] → slot in H*K
         counts = torch.bincount(flat.reshape(-1), minlength=h * k).reshape(h, k).float()
         sums = torch.zeros(h * k, d).index_add_(0, flat.reshape(-1), z.reshape(-1, d)).reshape(h, k, d)
+        self.reduce(counts, sums)
         self.count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         self.sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
         total = self.count.sum(-1, keepdim=True)
@@ -89,3 +102,99 @@ def reseed_dead_plain(
             quantizer.codebooks.data[head, dead] = z[pick, head]
             reseeded += dead.numel()
     return reseeded
+
+
+def kmeans_residual_codebooks(z: np.ndarray, num_stages: int, k: int, iters: int, seed: int) -> np.ndarray:
+    """Residual k-means: stage s clusters what stages < s left of z [N, D] → centres [S, K, D]."""
+    residual = np.ascontiguousarray(z, dtype=np.float32).copy()
+    out = np.empty((num_stages, k, z.shape[1]), dtype=np.float32)
+    for s in range(num_stages):
+        km = faiss.Kmeans(z.shape[1], k, niter=iters, seed=seed + s, verbose=False, max_points_per_centroid=1024)
+        km.train(residual)
+        out[s] = km.centroids.reshape(k, -1)
+        _, assign = km.index.search(residual, 1)
+        residual -= out[s][assign[:, 0]]
+    return out
+
+
+class CodebookKeeper:
+    """Codebook upkeep during training: k-means init, EMA updates and dead-code re-seeding.
+
+    Distributed: k-means and re-seeding run on rank 0 and are broadcast; EMA statistics and
+    the hard counts behind plain re-seeding are summed over ranks first, so every rank
+    computes the same codebooks from the global batch.
+    """
+
+    def __init__(self, model: torch.nn.Module, cfg: QuantizerTrainConfig, global_batch: int, dist: Dist) -> None:
+        self.model, self.cfg, self.dist = model, cfg, dist
+        self.quantizer = model.quantizer
+        self.global_batch = global_batch
+        self.quantizer.codebooks.requires_grad_(not cfg.ema)
+        k = self.quantizer.codebook_size
+        self.ema = EMACodebook(self.quantizer, cfg.ema_decay, global_batch / k) if cfg.ema else None
+        if self.ema:
+            self.ema.reduce = dist.all_reduce_sum_
+        self.recent_counts = torch.zeros(self.quantizer.num_heads, k)
+
+    @torch.no_grad()
+    def init(self, x: np.ndarray, seed: int) -> None:
+        """k-means on encoder outputs of a sample of x (rank 0), then every rank takes rank 0's codebooks."""
+        q = self.cfg
+        if q.init == "kmeans" and self.dist.is_main:
+            rng = np.random.default_rng(seed)
+            n = min(q.kmeans_samples, len(x))
+            sample = torch.from_numpy(x[np.sort(rng.choice(len(x), n, replace=False))])
+            was_training = self.model.training
+            self.model.eval()
+            z = torch.cat([self.model.encode_latent(sample[i : i + 4096]) for i in range(0, n, 4096)]).numpy()
+            self.model.train(was_training)
+            h, k = self.quantizer.num_heads, self.quantizer.codebook_size
+            if self.model.config.bottleneck == "residual_vq":
+                centres = kmeans_residual_codebooks(z, h, k, q.kmeans_iters, seed)
+            else:
+                centres = kmeans_codebooks(z, h, k, q.kmeans_iters, seed)
+            self.quantizer.codebooks.data.copy_(torch.from_numpy(centres))
+            log.info("codebooks initialised by k-means on %d encoder outputs", n)
+        self.model.renormalize_codebooks()
+        self.dist.broadcast_(self.quantizer.codebooks)
+        if self.ema:
+            self.ema.reset_from_codebooks()
+
+    @torch.no_grad()
+    def update(self, step: int, out: dict[str, torch.Tensor]) -> None:
+        """After an optimiser step: EMA move, and every ``reseed_every`` steps dead codes re-seeded."""
+        q = self.cfg
+        codes = out["codes"]
+        targets = out.get("quant_targets", out["z_e"])  # residual stages chase residuals, not z_e
+        if self.ema:
+            self.ema.update(targets, codes)
+        else:
+            self.recent_counts += code_histogram(codes, self.quantizer.codebook_size).float()
+        if q.reseed_every and (step + 1) % q.reseed_every == 0:
+            self._reseed(targets)
+        self.model.renormalize_codebooks()
+
+    def _reseed(self, targets: torch.Tensor) -> None:
+        q = self.cfg
+        if self.ema:
+            if self.dist.is_main:
+                self.ema.reseed_dead(targets, q.dead_fraction)
+            self.dist.broadcast_(self.quantizer.codebooks, self.ema.count, self.ema.sum)
+            return
+        self.dist.all_reduce_sum_(self.recent_counts)
+        if self.dist.is_main:
+            fair = q.reseed_every * self.global_batch / self.quantizer.codebook_size
+            reseed_dead_plain(self.quantizer, self.recent_counts, targets, q.dead_fraction * fair)
+        self.dist.broadcast_(self.quantizer.codebooks)
+        self.recent_counts.zero_()
+
+    def state(self) -> dict[str, torch.Tensor]:
+        tensors = {"recent_counts": self.recent_counts}
+        if self.ema:
+            tensors["ema.count"], tensors["ema.sum"] = self.ema.count, self.ema.sum
+        return tensors
+
+    def load_state(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.recent_counts = tensors["recent_counts"].clone()
+        if self.ema:
+            self.ema.count, self.ema.sum = tensors["ema.count"].clone(), tensors["ema.sum"].clone()

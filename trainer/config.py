@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vqvae.config import ModelConfig
 
@@ -42,6 +42,53 @@ class QuantizerTrainConfig(Strict):
     dead_fraction: float = Field(0.03, ge=0, description="a code is dead below this share of its fair usage")
 
 
+class ScheduleConfig(Strict):
+    """How the weight of one term (by default the bottleneck's KL or MMD) moves over the steps.
+
+    The scheduled weight is ``weight × m(step)``; ``m`` runs from ``start`` to ``end``.
+    """
+
+    kind: Literal["constant", "linear", "cyclical_linear", "cosine", "adaptive"] = "constant"
+    term: str | None = Field(None, description="term to schedule (default: kl for vae, mmd for wasserstein)")
+    start: float = Field(0.0, ge=0, description="multiplier at step 0")
+    end: float = Field(1.0, ge=0, description="multiplier once the ramp is over")
+    steps: int = Field(1000, ge=1, description="ramp length (linear, cosine) or cycle length (cyclical)")
+    ramp_fraction: float = Field(0.5, gt=0, le=1, description="cyclical: share of a cycle spent rising")
+    target: float = Field(1.0, gt=0, description="adaptive: the value of the term to hold")
+    window: int = Field(50, ge=1, description="adaptive: steps averaged before each adjustment")
+    rate: float = Field(0.05, gt=0, lt=1, description="adaptive: relative change per adjustment")
+    min_multiplier: float = Field(1e-3, gt=0, description="adaptive: lower bound of m")
+    max_multiplier: float = Field(1e3, gt=0, description="adaptive: upper bound of m")
+
+
+class BalancingConfig(Strict):
+    """``manual``: the configured weights. ``uncertainty``: Σ exp(−s_i)·w_i·L_i + s_i with a learned
+    log-variance s_i per term (Kendall et al. 2018), clamped to [log_var_min, log_var_max]."""
+
+    method: Literal["manual", "uncertainty"] = "manual"
+    terms: list[str] | None = Field(None, description="terms to balance (default: every active term)")
+    log_var_min: float = -3.0
+    log_var_max: float = 3.0
+    lr: float | None = Field(None, gt=0, description="learning rate of the log-variances (default: optim.lr)")
+
+    @model_validator(mode="after")
+    def _range(self) -> BalancingConfig:
+        if self.log_var_min > self.log_var_max:
+            raise ValueError(f"log_var_min ({self.log_var_min}) must not exceed log_var_max ({self.log_var_max})")
+        return self
+
+
+class AdversarialConfig(Strict):
+    """A small MLP critic on embeddings (hinge loss); its generator term is weighted by
+    ``weight × λ`` with λ the VQGAN ratio of gradient norms at the decoder's last layer."""
+
+    weight: float = Field(0.0, ge=0, description="0 switches the adversarial term off")
+    start_step: int = Field(0, ge=0, description="no adversarial term before this step")
+    max_adaptive_weight: float = Field(100.0, gt=0, description="clip of λ")
+    hidden_dim: int = Field(256, gt=0)
+    lr: float = Field(1e-4, gt=0)
+
+
 class LossConfig(Strict):
     """Weights (≥ 0; 0 switches a term off) and the parameters of each term."""
 
@@ -61,6 +108,27 @@ class LossConfig(Strict):
     info_nce_temperature: float = Field(0.07, gt=0)
     distill: float = Field(0.0, ge=0)
     distill_temperature: float = Field(0.05, gt=0)
+    kl: float = Field(1e-6, ge=0, description="vae: KL to N(0, I)")
+    free_bits: float = Field(0.0, ge=0, description="vae: nats per latent dim below which KL is not penalised")
+    mmd: float = Field(100.0, ge=0, description="wasserstein: MMD to N(0, I)")
+    mmd_bandwidth: float | None = Field(None, gt=0, description="RBF σ² (default: the latent dimension)")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    balancing: BalancingConfig = Field(default_factory=BalancingConfig)
+    adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
+
+
+class MonitorConfig(Strict):
+    """Loss history, plots and the stability monitor."""
+
+    log_every: int = Field(10, ge=1, description="steps averaged into one row of losses.jsonl")
+    plots: bool = Field(True, description="PNG plots in out_dir/plots at the end of training")
+    tensorboard: bool = Field(True, description="also log to out_dir/tensorboard where tensorboard is installed")
+    on_nonfinite: Literal["skip", "stop"] = Field("stop", description="NaN/Inf loss or gradient")
+    on_explode: Literal["warn", "skip", "stop"] = Field("warn", description="gradient norm far above its median")
+    explode_factor: float = Field(50.0, gt=1, description="exploding: norm > factor × median of the window")
+    vanish_below: float = Field(1e-8, ge=0, description="vanishing: gradient norm under this")
+    window: int = Field(100, ge=2, description="gradient norms kept for the median")
+    max_skips: int = Field(20, ge=1, description="consecutive skipped steps before the run stops")
 
 
 class TrainConfig(Strict):
@@ -69,6 +137,7 @@ class TrainConfig(Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     quantizer: QuantizerTrainConfig = Field(default_factory=QuantizerTrainConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     out_dir: Path = Path("runs/monolith")
     seed: int = 0
     eval_every: int = Field(500, ge=1, description="steps between validation and best-checkpoint checks")
@@ -96,5 +165,19 @@ def load_config(path: Path, overrides: dict | None = None) -> TrainConfig:
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        lines = [f"  {'.'.join(str(p) for p in e['loc'])}: {e['msg']}{_valid_keys(e)}" for e in exc.errors()]
         raise ConfigError(f"{path}: invalid config:\n" + "\n".join(lines)) from exc
+
+
+def _valid_keys(error: dict) -> str:
+    """For an unknown key, the keys its section accepts (so a typo shows its fix)."""
+    if error["type"] != "extra_forbidden":
+        return ""
+    model: type[BaseModel] = TrainConfig
+    for part in error["loc"][:-1]:
+        field = model.model_fields.get(str(part))
+        inner = getattr(field, "annotation", None) if field else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return ""
+        model = inner
+    return f" (valid: {', '.join(model.model_fields)})"

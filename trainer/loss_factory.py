@@ -1,4 +1,17 @@
-"""Bottleneck → named, weighted loss terms that read their inputs from the model output by key."""
+"""Bottleneck → named, weighted loss terms that read their inputs from the model output by key.
+
+``build_loss(loss_config, model_config)`` gives a :class:`LossSuite`: every active term
+(weight > 0) with its name, weight, kind (how monitors group it) and the output keys it
+reads. Which terms exist depends on the bottleneck:
+
+- every bottleneck: the reconstruction terms (cosine, mse, score_aware, info_nce, distill);
+- product_vq: codebook + β·commitment, orthogonal, head_balance, entropy, load_balance;
+- residual_vq: codebook + β·commitment per stage (``stage0`` …), entropy, load_balance;
+- vae: kl (free bits); wasserstein: mmd.
+
+The warm-up before the bottleneck switches on (``quantize=False``) uses the
+reconstruction terms only.
+"""
 
 from __future__ import annotations
 
@@ -9,72 +22,143 @@ import torch
 
 from trainer.config import LossConfig
 from vqvae import losses as L
+from vqvae.config import BOTTLENECKS, ModelConfig
 
 Output = dict[str, torch.Tensor]
+KINDS = ("reconstruction", "quantizer", "regulariser", "kl", "adversarial")
 
 
 @dataclass(frozen=True)
 class LossTerm:
+    """``fn(*[out[k] for k in keys])``, weighted by ``weight``; ``kind`` is one of KINDS."""
+
     name: str
     weight: float
-    fn: Callable[[Output], torch.Tensor]
-    kind: str  # reconstruction | quantizer | regulariser: how monitors group it
+    kind: str
+    keys: tuple[str, ...]
+    fn: Callable[..., torch.Tensor]
+
+    def __call__(self, out: Output) -> torch.Tensor:
+        missing = [k for k in self.keys if k not in out]
+        if missing:
+            raise KeyError(f"loss term {self.name!r} reads model output {missing[0]!r}, which this model "
+                           f"does not give; it gives: {sorted(out)}")
+        return self.fn(*(out[k] for k in self.keys))
 
 
 class LossSuite:
-    """The active terms of one bottleneck; ``__call__`` gives every component and the total."""
+    """The active terms of one bottleneck; ``__call__`` gives every component and the weighted total."""
 
-    def __init__(self, terms: list[LossTerm]) -> None:
+    def __init__(self, terms: list[LossTerm], bottleneck: str = "product_vq") -> None:
+        self.bottleneck = bottleneck
         self.terms = [t for t in terms if t.weight > 0]
+        self.available = [t.name for t in terms]  # including switched-off terms
+
+    def components(self, out: Output) -> dict[str, torch.Tensor]:
+        """Unweighted value of every active term."""
+        return {t.name: t(out) for t in self.terms}
 
     def __call__(self, out: Output) -> dict[str, torch.Tensor]:
-        parts = {t.name: t.fn(out) for t in self.terms}
-        parts["total"] = sum(t.weight * parts[t.name] for t in self.terms)
+        parts = self.components(out)
+        parts["total"] = sum((t.weight * parts[t.name] for t in self.terms), torch.zeros(()))
         return parts
 
     def __getitem__(self, name: str) -> LossTerm:
         for t in self.terms:
             if t.name == name:
                 return t
-        raise KeyError(f"no active loss term {name!r}; active: {[t.name for t in self.terms]}")
+        raise KeyError(f"no active loss term {name!r} for bottleneck {self.bottleneck!r}; "
+                       f"active: {self.names}")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.terms]
 
     @property
     def total_weight(self) -> float:
         return sum(t.weight for t in self.terms)
+
+    def kinds(self) -> dict[str, str]:
+        return {t.name: t.kind for t in self.terms}
 
     def describe(self) -> list[tuple[str, float, str]]:
         return [(t.name, t.weight, t.kind) for t in self.terms]
 
 
 def reconstruction_terms(c: LossConfig) -> list[LossTerm]:
-    """Terms on x̂ alone: valid with or without the quantizer (the warm-up uses only these)."""
+    """Terms on x̂ alone: valid for every bottleneck and during the warm-up."""
+    xx = ("x_hat", "x")
     return [
-        LossTerm("cosine", c.cosine, lambda o: L.cosine_loss(o["x_hat"], o["x"]), "reconstruction"),
-        LossTerm("mse", c.mse, lambda o: L.reconstruction_mse(o["x_hat"], o["x"]), "reconstruction"),
-        LossTerm("score_aware", c.score_aware,
-                 lambda o: L.score_aware_loss(o["x_hat"], o["x"], c.score_aware_eta), "reconstruction"),
-        LossTerm("info_nce", c.info_nce,
-                 lambda o: L.info_nce_loss(o["x_hat"], o["x"], c.info_nce_temperature), "reconstruction"),
-        LossTerm("distill", c.distill,
-                 lambda o: L.similarity_distillation_loss(o["x_hat"], o["x"], c.distill_temperature),
-                 "reconstruction"),
+        LossTerm("cosine", c.cosine, "reconstruction", xx, L.cosine_loss),
+        LossTerm("mse", c.mse, "reconstruction", xx, L.reconstruction_mse),
+        LossTerm("score_aware", c.score_aware, "reconstruction", xx,
+                 lambda xh, x: L.score_aware_loss(xh, x, c.score_aware_eta)),
+        LossTerm("info_nce", c.info_nce, "reconstruction", xx,
+                 lambda xh, x: L.info_nce_loss(xh, x, c.info_nce_temperature)),
+        LossTerm("distill", c.distill, "reconstruction", xx,
+                 lambda xh, x: L.similarity_distillation_loss(xh, x, c.distill_temperature)),
     ]
 
 
-def product_vq_terms(c: LossConfig, num_heads: int) -> list[LossTerm]:
-    def probs(o: Output) -> torch.Tensor:
-        return L.soft_assignments(o["distances"], c.assignment_temperature)
+def usage_terms(c: LossConfig) -> list[LossTerm]:
+    """Terms on the soft code assignments softmax(−d/T): any quantizer with ``distances`` [B, H, K]."""
+    def probs(d: torch.Tensor) -> torch.Tensor:
+        return L.soft_assignments(d, c.assignment_temperature)
 
+    return [
+        LossTerm("entropy", c.entropy, "regulariser", ("distances",),
+                 lambda d: L.entropy_loss(probs(d), c.entropy_target)),
+        LossTerm("load_balance", c.load_balance, "regulariser", ("distances",),
+                 lambda d: L.load_balance_loss(probs(d))),
+    ]
+
+
+def product_vq_terms(c: LossConfig, m: ModelConfig) -> list[LossTerm]:
     return reconstruction_terms(c) + [
-        LossTerm("codebook", c.codebook,
-                 lambda o: L.codebook_commitment_loss(o["z_e"], o["z_q_raw"], c.commitment_beta), "quantizer"),
-        LossTerm("orthogonal", c.orthogonal, lambda o: L.orthogonal_loss(o["codebooks"]), "regulariser"),
-        LossTerm("head_balance", c.head_balance,
-                 lambda o: L.head_balance_loss(o["z_q_raw"], num_heads), "regulariser"),
-        LossTerm("entropy", c.entropy, lambda o: L.entropy_loss(probs(o), c.entropy_target), "regulariser"),
-        LossTerm("load_balance", c.load_balance, lambda o: L.load_balance_loss(probs(o)), "regulariser"),
+        LossTerm("codebook", c.codebook, "quantizer", ("z_e", "z_q_raw"),
+                 lambda z_e, z_q: L.codebook_commitment_loss(z_e, z_q, c.commitment_beta)),
+        LossTerm("orthogonal", c.orthogonal, "regulariser", ("codebooks",), L.orthogonal_loss),
+        LossTerm("head_balance", c.head_balance, "regulariser", ("z_q_raw",),
+                 lambda z_q: L.head_balance_loss(z_q, m.num_heads)),
+    ] + usage_terms(c)
+
+
+def residual_vq_terms(c: LossConfig, m: ModelConfig) -> list[LossTerm]:
+    """One codebook + β·commitment term per stage, on that stage's residual and chosen code."""
+    def stage(s: int) -> LossTerm:
+        return LossTerm(f"stage{s}", c.codebook, "quantizer", ("stage_inputs", "stage_codes"),
+                        lambda r, q: L.codebook_commitment_loss(r[:, s], q[:, s], c.commitment_beta))
+
+    return reconstruction_terms(c) + [stage(s) for s in range(m.num_heads)] + usage_terms(c)
+
+
+def vae_terms(c: LossConfig, m: ModelConfig) -> list[LossTerm]:
+    return reconstruction_terms(c) + [
+        LossTerm("kl", c.kl, "kl", ("mu", "logvar"), lambda mu, lv: L.kl_divergence(mu, lv, c.free_bits)),
     ]
 
 
-def build_loss(c: LossConfig, num_heads: int, quantize: bool = True) -> LossSuite:
-    return LossSuite(product_vq_terms(c, num_heads) if quantize else reconstruction_terms(c))
+def wasserstein_terms(c: LossConfig, m: ModelConfig) -> list[LossTerm]:
+    return reconstruction_terms(c) + [
+        LossTerm("mmd", c.mmd, "kl", ("z", "z_prior"), lambda z, p: L.mmd_rbf(z, p, c.mmd_bandwidth)),
+    ]
+
+
+FACTORIES: dict[str, Callable[[LossConfig, ModelConfig], list[LossTerm]]] = {
+    "product_vq": product_vq_terms,
+    "residual_vq": residual_vq_terms,
+    "vae": vae_terms,
+    "wasserstein": wasserstein_terms,
+}
+assert set(FACTORIES) == set(BOTTLENECKS)
+
+
+def build_loss(c: LossConfig, m: ModelConfig, quantize: bool = True) -> LossSuite:
+    """The loss suite of a bottleneck; ``quantize=False``: the warm-up's reconstruction terms."""
+    factory = FACTORIES.get(m.bottleneck)
+    if factory is None:
+        raise ValueError(f"unknown bottleneck {m.bottleneck!r}; valid: {list(FACTORIES)}")
+    return LossSuite(factory(c, m) if quantize else reconstruction_terms(c), m.bottleneck)

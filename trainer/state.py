@@ -12,14 +12,16 @@ from safetensors import SafetensorError, safe_open
 from vqvae.checkpoint import CheckpointError, atomic_save_tensors
 
 
-def flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Split an optimizer state_dict into tensors ``optim.{param}.{key}`` and JSON-able rest."""
+def flatten_optimizer(
+    state: dict[str, Any], prefix: str = "optim"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state_dict into tensors ``{prefix}.{param}.{key}`` and JSON-able rest."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for idx, slots in state["state"].items():
         for key, value in slots.items():
             if torch.is_tensor(value):
-                tensors[f"optim.{idx}.{key}"] = value
+                tensors[f"{prefix}.{idx}.{key}"] = value
             else:
                 scalars.setdefault(str(idx), {})[key] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}

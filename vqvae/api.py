@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqvae.checkpoint import Checkpoint, load_with_fallback
+from vqvae.checkpoint import Checkpoint, CheckpointError, load_with_fallback
 from vqvae.config import ModelConfig
 from vqvae.model import MonolithWiki
 
@@ -61,6 +61,12 @@ class Monolith:
     """A loaded model: ``encode`` (float32 [N,384] → uint8 [N,4]), ``decode``, ``encode_text``."""
 
     def __init__(self, checkpoint: Checkpoint, text_model: str | Path | None = None, batch_size: int = 4096):
+        if not checkpoint.config.produces_codes:
+            raise CheckpointError(
+                f"{checkpoint.path} is a '{checkpoint.config.bottleneck}' checkpoint: it keeps a float latent "
+                "and produces no codes, so it cannot encode, decode or search. Monolith serves only "
+                "code-producing checkpoints (bottleneck 'product_vq' or 'residual_vq')."
+            )
         self.checkpoint = checkpoint
         self.model: MonolithWiki = checkpoint.model.eval()
         self.config: ModelConfig = checkpoint.config
@@ -100,11 +106,13 @@ class Monolith:
 
     @torch.inference_mode()
     def encode_latent(self, x: np.ndarray) -> np.ndarray:
-        """Encoder outputs z_e [N, latent] (what the search kernel scores codes against)."""
+        """Encoder outputs z_e [N, H·D] (what the search kernel scores codes against; for residual
+        stages z_e once per stage, see ``ResidualVQ.search_latent``)."""
         x = check_embeddings(x, self.config.input_dim)
-        out = [self.model.encode_latent(torch.from_numpy(x[i : i + self.batch_size])).numpy()
+        out = [self.model.search_latent(torch.from_numpy(x[i : i + self.batch_size])).numpy()
                for i in range(0, len(x), self.batch_size)]
-        return np.concatenate(out) if out else np.zeros((0, self.config.latent_dim), np.float32)
+        width = self.config.num_heads * self.config.head_dim
+        return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 
     @torch.inference_mode()
     def encode(self, x: np.ndarray) -> np.ndarray:

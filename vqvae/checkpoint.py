@@ -15,6 +15,7 @@ import torch
 from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
+from torch import nn
 
 from vqvae.config import ModelConfig
 from vqvae.model import MonolithWiki, build_model
@@ -33,11 +34,16 @@ class CheckpointError(RuntimeError):
 
 @dataclass
 class Checkpoint:
-    model: MonolithWiki
+    model: MonolithWiki | nn.Module  # MonolithWiki (product_vq) or a vqvae.bottlenecks model
     config: ModelConfig
     path: Path
     sha256: str
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def produces_codes(self) -> bool:
+        """False for vae/wasserstein checkpoints: a float latent, nothing to encode to bytes."""
+        return self.config.produces_codes
 
 
 def file_sha256(path: Path) -> str:
@@ -65,7 +71,7 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: 
             os.unlink(tmp)
 
 
-def save_checkpoint(model: MonolithWiki, path: Path, **extra: Any) -> Path:
+def save_checkpoint(model: MonolithWiki | nn.Module, path: Path, **extra: Any) -> Path:
     """Save weights with the model config and any of ``provenance``, ``metrics``,
     ``reference_counts`` or ``training`` (JSON-serialisable) in the metadata."""
     unknown = set(extra) - set(JSON_KEYS)
@@ -73,6 +79,9 @@ def save_checkpoint(model: MonolithWiki, path: Path, **extra: Any) -> Path:
         raise ValueError(f"unknown checkpoint metadata {sorted(unknown)}; valid: {list(JSON_KEYS[1:])}")
     meta = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
     meta["model_config"] = model.config.model_dump_json()
+    # Readable without parsing the config: vae/wasserstein checkpoints hold no codebooks.
+    meta["bottleneck"] = model.config.bottleneck
+    meta["produces_codes"] = "true" if model.config.produces_codes else "false"
     for key, value in extra.items():
         if value is not None:
             meta[key] = json.dumps(value)
@@ -109,12 +118,23 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return meta
 
 
+def _with_legacy_defaults(raw: Any) -> Any:
+    """Switches added after a checkpoint was written take the value its model was trained with.
+
+    ``normalize_latent`` changed the forward pass; a checkpoint that predates the key was
+    trained without it, so the field's current default (True) would silently mis-decode it.
+    """
+    if isinstance(raw, dict):
+        return {"normalize_latent": False, **raw}
+    return raw
+
+
 def load_checkpoint(path: Path, device: str = "cpu") -> Checkpoint:
     """Build the architecture named in the metadata and load its weights, checking every shape."""
     path = Path(path)
     meta = read_metadata(path)
     try:
-        config = ModelConfig.model_validate(meta["model_config"])
+        config = ModelConfig.model_validate(_with_legacy_defaults(meta["model_config"]))
     except ValidationError as exc:
         raise CheckpointError(f"{path}: invalid model_config in metadata: {exc}") from exc
     model = build_model(config)

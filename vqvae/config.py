@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Bottleneck = Literal["product_vq", "residual_vq", "vae", "wasserstein"]
+BOTTLENECKS: tuple[str, ...] = get_args(Bottleneck)
+# Bottlenecks whose latent is a handful of bytes; the others keep a float latent and exist
+# for comparison in training, so they cannot serve encode/decode/search.
+CODE_BOTTLENECKS: frozenset[str] = frozenset({"product_vq", "residual_vq"})
 
 
 class ModelConfig(BaseModel):
@@ -17,10 +23,14 @@ class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     architecture: Literal["MonolithWiki", "MonolithV13"] = "MonolithWiki"
+    # product_vq: H heads quantize disjoint slices of z_e (MonolithWiki). residual_vq: H stages
+    # each quantize what the previous stages left of the whole z_e (still one byte per stage).
+    # vae / wasserstein: a Gaussian or MMD-regularised float latent, no codes.
+    bottleneck: Bottleneck = "product_vq"
     input_dim: int = Field(384, gt=0)
     hidden_dim: int = Field(1024, gt=0)
     latent_dim: int = Field(512, gt=0)
-    num_heads: int = Field(4, gt=0)
+    num_heads: int = Field(4, gt=0, description="product_vq: heads; residual_vq: stages; one byte each")
     codebook_size: int = Field(256, gt=1, le=256)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     normalize_output: bool = True
@@ -30,15 +40,29 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _heads_divide_latent(self) -> ModelConfig:
-        if self.latent_dim % self.num_heads:
+        if self.bottleneck != "product_vq" and self.architecture != "MonolithWiki":
+            raise ValueError(f"bottleneck {self.bottleneck!r} is built on the MonolithWiki layout only")
+        if self.bottleneck == "product_vq" and self.latent_dim % self.num_heads:
             raise ValueError(
                 f"latent_dim ({self.latent_dim}) must be divisible by num_heads ({self.num_heads})"
             )
         return self
 
     @property
+    def produces_codes(self) -> bool:
+        """Whether the model stores a vector as ``num_heads`` one-byte codes (servable)."""
+        return self.bottleneck in CODE_BOTTLENECKS
+
+    @property
+    def latent_unit_heads(self) -> bool:
+        """Every head of z_e and every code has unit length (product_vq with normalize_latent),
+        so a latent distance converts to a cosine."""
+        return self.normalize_latent and self.bottleneck == "product_vq"
+
+    @property
     def head_dim(self) -> int:
-        return self.latent_dim // self.num_heads
+        """Width of one codebook entry: a slice of z_e (product) or all of it (residual)."""
+        return self.latent_dim if self.bottleneck == "residual_vq" else self.latent_dim // self.num_heads
 
     @property
     def bytes_per_vector(self) -> int:

@@ -133,3 +133,66 @@ def similarity_distillation_loss(x_hat: torch.Tensor, x: torch.Tensor, temperatu
     log_q = torch.log_softmax(student, dim=-1).masked_fill(mask, 0.0)
     log_p = torch.log_softmax(teacher, dim=-1).masked_fill(mask, 0.0)
     return (p * (log_p - log_q)).sum(-1).mean()
+
+
+def gaussian_kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(μ, σ²) ‖ N(0, 1)) per latent dim, averaged over the batch: ½ E_b[μ² + σ² − 1 − log σ²]  → [D]."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(0)
+
+
+def free_bits(kl_per_dim: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Σ_d max(KL_d, λ) (Kingma et al. 2016, λ in nats per dim).
+
+    Below λ a dimension's KL is a constant, so its gradient vanishes: the optimiser no longer
+    gains by collapsing that dimension onto the prior, which keeps latents in use.
+    """
+    return kl_per_dim.clamp_min(threshold).sum() if threshold > 0 else kl_per_dim.sum()
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor, free_bits_nats: float = 0.0) -> torch.Tensor:
+    """Σ_d max(½ E_b[μ_d² + σ_d² − 1 − log σ_d²], λ): a Gaussian VAE's KL to N(0, I) with free bits λ.
+
+    Zero at μ = 0, σ = 1 (λ = 0); with λ > 0 its minimum is D·λ.
+    """
+    return free_bits(gaussian_kl_per_dim(mu, logvar), free_bits_nats)
+
+
+def rbf_kernel(a: torch.Tensor, b: torch.Tensor, bandwidth: float) -> torch.Tensor:
+    """k(aᵢ, bⱼ) = exp(−‖aᵢ − bⱼ‖² / (2σ²)) with σ² = ``bandwidth``  → [A, B]."""
+    return torch.exp(-torch.cdist(a, b).pow(2) / (2.0 * bandwidth))
+
+
+def mmd_rbf(z: torch.Tensor, z_prior: torch.Tensor, bandwidth: float | None = None) -> torch.Tensor:
+    """MMD² = mean k(z, z) + mean k(p, p) − 2 mean k(z, p), RBF kernel (the biased V-statistic).
+
+    σ² defaults to the latent dimension D, the scale of ½‖p − p'‖² between two N(0, I)
+    samples. Zero when the two samples coincide; for single points at distance d it is
+    2 − 2·exp(−d²/2σ²). A Wasserstein autoencoder pulls the aggregate of z towards the prior
+    with it, instead of every posterior as the VAE's KL does.
+    """
+    s2 = float(z.shape[-1]) if bandwidth is None else bandwidth
+    return (rbf_kernel(z, z, s2).mean() + rbf_kernel(z_prior, z_prior, s2).mean()
+            - 2.0 * rbf_kernel(z, z_prior, s2).mean())
+
+
+def hinge_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """½ (E[max(0, 1 − D(x))] + E[max(0, 1 + D(x̂))]): zero once real scores ≥ 1 and fakes ≤ −1."""
+    return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
+
+
+def hinge_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """−E[D(x̂)]: the generator (the decoder) raises the critic's score of reconstructions."""
+    return -fake_logits.mean()
+
+
+def adaptive_adversarial_weight(
+    rec_loss: torch.Tensor, gen_loss: torch.Tensor, last_layer: torch.Tensor, max_weight: float = 1e4
+) -> torch.Tensor:
+    """λ = clip(‖∇_w L_rec‖ / (‖∇_w L_gen‖ + 10⁻⁴), 0, max), w = the decoder's last weights (VQGAN).
+
+    Balances the two gradients where they meet, so the adversarial term neither drowns the
+    reconstruction nor vanishes; detached, it is a weight and not a path for gradients.
+    """
+    g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
+    g_gen = torch.autograd.grad(gen_loss, last_layer, retain_graph=True)[0]
+    return (g_rec.norm() / (g_gen.norm() + 1e-4)).clamp(0.0, max_weight).detach()

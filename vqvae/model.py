@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqvae.config import ModelConfig
-from vqvae.quantizer import OrthogonalProductQuantizer
+from vqvae.quantizer import OrthogonalProductQuantizer, QuantizerOutput
 
 
 def _mlp(d_in: int, d_hidden: int, d_out: int, dropout: float) -> nn.Sequential:
@@ -26,12 +26,15 @@ class MonolithWiki(nn.Module):
     ``forward`` returns a dict so that the loss factory can read each term's inputs by key.
     """
 
+    bottleneck = "product_vq"
+    produces_codes = True
+
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()
         self.config = config or ModelConfig()
         c = self.config
         self.encoder = self._make_encoder(c)
-        self.quantizer = OrthogonalProductQuantizer(c.num_heads, c.codebook_size, c.head_dim)
+        self.quantizer: nn.Module = OrthogonalProductQuantizer(c.num_heads, c.codebook_size, c.head_dim)
         self.decoder = self._make_decoder(c)
 
     @staticmethod
@@ -49,6 +52,14 @@ class MonolithWiki(nn.Module):
             c = self.config
             z = F.normalize(z.reshape(-1, c.num_heads, c.head_dim), dim=-1).reshape(-1, c.latent_dim)
         return z
+
+    def search_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The query side of compressed-domain search: z_e, scored head by head against the codes."""
+        return self.encode_latent(x)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """x → codes → x̂, what a stored vector becomes."""
+        return self.decode(self.encode(x))
 
     @torch.no_grad()
     def renormalize_codebooks(self) -> None:
@@ -75,16 +86,21 @@ class MonolithWiki(nn.Module):
         z_e = self.encode_latent(x)
         if not quantize:
             return {"x": x, "z_e": z_e, "x_hat": self.decode_latent(z_e)}
-        q = self.quantizer(z_e)
+        out = {"x": x, "z_e": z_e, **self.quantize(z_e)}
+        out["x_hat"] = self.decode_latent(out["z_q"])
+        return out
+
+    def quantize(self, z_e: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The quantizer's part of the output dict; subclasses with other quantizers add their keys."""
+        return self.quantizer_outputs(self.quantizer(z_e))
+
+    def quantizer_outputs(self, q: QuantizerOutput) -> dict[str, torch.Tensor]:
         return {
-            "x": x,
-            "z_e": z_e,
             "z_q": q.z_q,
             "z_q_raw": q.z_q_raw,
             "codes": q.codes,
             "distances": q.distances,
             "codebooks": self.quantizer.codebooks,
-            "x_hat": self.decode_latent(q.z_q),
         }
 
 
@@ -103,5 +119,11 @@ class MonolithV13(MonolithWiki):
 ARCHITECTURES: dict[str, type[MonolithWiki]] = {"MonolithWiki": MonolithWiki, "MonolithV13": MonolithV13}
 
 
-def build_model(config: ModelConfig) -> MonolithWiki:
-    return ARCHITECTURES[config.architecture](config)
+def build_model(config: ModelConfig) -> nn.Module:
+    """The model a config describes: the architecture for product_vq, else the bottleneck's class
+    (``vqvae.bottlenecks``). Every one has ``forward`` → dict, ``encode_latent`` and ``reconstruct``."""
+    if config.bottleneck == "product_vq":
+        return ARCHITECTURES[config.architecture](config)
+    from vqvae.bottlenecks import BOTTLENECK_MODELS
+
+    return BOTTLENECK_MODELS[config.bottleneck](config)

@@ -146,8 +146,11 @@ class CodeDecoder:
         cb = self.model.quantizer.codebooks.detach().float()  # [H, K, D]
         h, k, d = cb.shape
         first: nn.Linear = decoder[0]
-        w = first.weight.detach().float().reshape(first.out_features, h, d)  # [out, H, D]
-        table = torch.einsum("hkd,ohd->hko", cb, w).contiguous()  # [H, K, out]
+        w = first.weight.detach().float()
+        if first.in_features == d:  # residual stages: every code spans the whole latent, z_q = Σ codes
+            table = torch.einsum("hkd,od->hko", cb, w).contiguous()  # [H, K, out]
+        else:  # product heads: each code fills its own slice of the latent
+            table = torch.einsum("hkd,ohd->hko", cb, w.reshape(first.out_features, h, d)).contiguous()
         if first.bias is not None:
             table[0] += first.bias.detach().float()
         # Flat [H·K, out] so that one embedding_bag(sum) gathers and adds the H rows (~10x
@@ -227,7 +230,7 @@ class CodeIndex:
         return cls(
             model.quantizer.codebooks,
             backend=backend,
-            latent_unit_heads=bool(getattr(model.config, "normalize_latent", False)),
+            latent_unit_heads=bool(getattr(model.config, "latent_unit_heads", False)),
         )
 
     # ---- storage -------------------------------------------------------------------------

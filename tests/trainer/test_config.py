@@ -42,3 +42,31 @@ def test_unparsable_and_missing(tmp_path):
     p.write_text("data: [unclosed")
     with pytest.raises(ConfigError, match="cannot parse"):
         load_config(p)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "match"),
+    [
+        ({"loss": {"cosin": 1}}, r"loss.cosin: Extra inputs are not permitted \(valid: cosine, mse,"),
+        ({"loss": {"schedule": {"kind": "linear", "stpes": 5}}}, r"loss.schedule.stpes: .*\(valid: kind, term,"),
+        ({"loss": {"schedule": {"kind": "exponential"}}}, "'linear', 'cyclical_linear', 'cosine' or 'adaptive'"),
+        ({"loss": {"balancing": {"method": "gradnorm"}}}, "'manual' or 'uncertainty'"),
+        ({"loss": {"kl": -1e-6}}, "loss.kl: Input should be greater than or equal to 0"),
+        ({"loss": {"adversarial": {"weight": -1}}}, "loss.adversarial.weight: Input should be greater"),
+        ({"model": {"bottleneck": "rq"}}, "'product_vq', 'residual_vq', 'vae' or 'wasserstein'"),
+        ({"monitor": {"on_nonfinite": "ignore"}}, "monitor.on_nonfinite: Input should be 'skip' or 'stop'"),
+    ],
+)
+def test_new_sections_validate_and_list_valid_values(tmp_path, cfg, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(write(tmp_path, {"data": {"train": ["a.npy"]}, **cfg}))
+
+
+def test_shipped_config_still_validates():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "monolith-wiki.yaml"
+    if not path.is_file():
+        pytest.skip("configs/monolith-wiki.yaml is not in this checkout")
+    cfg = load_config(path)
+    assert cfg.model.bottleneck == "product_vq" and cfg.loss.balancing.method == "manual"

@@ -81,3 +81,18 @@ def test_metadata_json_is_validated(tmp_path):
     save_file(m.state_dict(), str(tmp_path / "cfg.safetensors"), metadata=meta)
     with pytest.raises(CheckpointError, match="invalid model_config"):
         load_checkpoint(tmp_path / "cfg.safetensors")
+
+
+def test_checkpoint_without_normalize_latent_key_loads_as_trained(tmp_path):
+    """A checkpoint written before the switch existed was trained without it."""
+    m = MonolithWiki(TINY.model_copy(update={"normalize_latent": False}))
+    path = save_checkpoint(m, tmp_path / "m.safetensors")
+    tensors = {k: v.clone() for k, v in m.state_dict().items()}
+    meta = read_metadata(path)
+    cfg = json.loads(TINY.model_dump_json())
+    del cfg["normalize_latent"]
+    raw = {k: (json.dumps(v) if not isinstance(v, str) else v) for k, v in meta.items() if v is not None}
+    raw["model_config"] = json.dumps(cfg)
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=raw)
+    assert load_checkpoint(tmp_path / "old.safetensors").config.normalize_latent is False
+    assert load_checkpoint(path).config.normalize_latent is False

@@ -1,0 +1,103 @@
+"""Monolith.encode / decode throughput next to the arithmetic limit, in one process.
+
+    python bench/bench_model.py [--seconds 2] [--threads N]
+
+For batch 1, 100 and 4096 it times:
+  encode          Monolith.encode (numpy in → uint8 codes out: checks, encoder, LayerNorm,
+                  GELU, per-head normalisation, nearest code per head)
+  linear chain    the bare matmuls of the same shapes with torch.nn.functional.linear:
+                  384→1024→512 then the 512×(4·256) distance product — the arithmetic limit
+  decode          Monolith.decode (codes → float32 [N, 384])
+  linear chain    code lookup + 512→1024→384 linear layers
+
+"share" is Monolith's rows/s over the chain's rows/s measured in the same run, so a busy
+machine moves both. Batch-1 latency is the median over the timed calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vqvae.api import Monolith  # noqa: E402
+
+BATCHES = (1, 100, 4096)
+
+
+def timed(fn: Callable[[], object], seconds: float) -> list[float]:
+    """Seconds per call, after two warm-up calls, for about ``seconds`` of wall time."""
+    fn()
+    fn()
+    out: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(out) < 5:
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def linear_chains(m: Monolith) -> tuple[Callable, Callable]:
+    """The same matmul shapes as the model, weights copied, nothing else."""
+    sd = {k: v.detach().clone() for k, v in m.model.state_dict().items()}
+    cb = sd["quantizer.codebooks"]  # [H, K, D]
+    h, k, d = cb.shape
+    cb_flat = cb.reshape(h * k, d)
+
+    def enc(x: torch.Tensor) -> torch.Tensor:
+        z = F.linear(F.linear(x, sd["encoder.0.weight"], sd["encoder.0.bias"]),
+                     sd["encoder.4.weight"], sd["encoder.4.bias"])
+        return F.linear(z.reshape(-1, d), cb_flat)  # every head slice against every code
+
+    def dec(codes: torch.Tensor) -> torch.Tensor:
+        z = cb[torch.arange(h), codes].reshape(len(codes), h * d)
+        return F.linear(F.linear(z, sd["decoder.0.weight"], sd["decoder.0.bias"]),
+                        sd["decoder.4.weight"], sd["decoder.4.bias"])
+
+    return torch.inference_mode()(enc), torch.inference_mode()(dec)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=2.0, help="timing budget per row")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--checkpoint", default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    m = Monolith.load(args.checkpoint)
+    enc_chain, dec_chain = linear_chains(m)
+    rng = np.random.default_rng(0)
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, checkpoint {m.sha256[:12]}")
+    print(f"{'op':<8}{'batch':>7}{'monolith rows/s':>17}{'chain rows/s':>14}{'share':>8}{'p50 ms':>9}")
+    for n in BATCHES:
+        x = rng.standard_normal((n, m.config.input_dim)).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        codes = m.encode(x)
+        xt, ct = torch.from_numpy(x), torch.from_numpy(codes.astype(np.int64))
+        rows = [
+            ("encode", lambda x=x: m.encode(x), lambda xt=xt: enc_chain(xt)),
+            ("decode", lambda c=codes: m.decode(c), lambda ct=ct: dec_chain(ct)),
+        ]
+        for op, ours, chain in rows:
+            t_ours, t_chain = timed(ours, args.seconds), timed(chain, args.seconds)
+            r_ours = n / statistics.median(t_ours)
+            r_chain = n / statistics.median(t_chain)
+            print(f"{op:<8}{n:>7}{r_ours:>17,.0f}{r_chain:>14,.0f}{r_ours / r_chain:>8.0%}"
+                  f"{statistics.median(t_ours) * 1e3:>9.3f}")
+
+
+if __name__ == "__main__":
+    main()
