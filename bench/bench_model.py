@@ -3,12 +3,14 @@
     python bench/bench_model.py [--seconds 2] [--threads N]
 
 For batch 1, 100 and 4096 it times:
-  encode          Monolith.encode (numpy in → uint8 codes out: checks, encoder, LayerNorm,
-                  GELU, per-head normalisation, nearest code per head)
+  encode          Monolith.encode with nearest codes (numpy in → uint8 codes out: checks,
+                  encoder, LayerNorm, GELU, per-head normalisation, nearest code per head)
   linear chain    the bare matmuls of the same shapes with torch.nn.functional.linear:
                   384→1024→512 then the 512×(4·256) distance product — the arithmetic limit
   decode          Monolith.decode (codes → float32 [N, 384])
   linear chain    code lookup + 512→1024→384 linear layers
+  refine          Monolith.encode with the checkpoint's decoder-aware encoding (vqvae/refine.py):
+                  H·candidates·sweeps decoder tails per row, so no bare chain to share against
 
 "share" is Monolith's rows/s over the chain's rows/s measured in the same run, so a busy
 machine moves both. Batch-1 latency is the median over the timed calls.
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vqvae.api import Monolith  # noqa: E402
+from vqvae.config import EncodeConfig  # noqa: E402
 
 BATCHES = (1, 100, 4096)
 
@@ -76,11 +79,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    m = Monolith.load(args.checkpoint)
+    refined = Monolith.load(args.checkpoint)
+    m = Monolith(refined.checkpoint, encoding=EncodeConfig())  # nearest codes
     enc_chain, dec_chain = linear_chains(m)
     rng = np.random.default_rng(0)
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, checkpoint {m.sha256[:12]}")
+          f"{torch.get_num_threads()} threads, checkpoint {m.sha256[:12]}, refine: {refined.encoding}")
     print(f"{'op':<8}{'batch':>7}{'monolith rows/s':>17}{'chain rows/s':>14}{'share':>8}{'p50 ms':>9}")
     for n in BATCHES:
         x = rng.standard_normal((n, m.config.input_dim)).astype(np.float32)
@@ -97,6 +101,9 @@ def main() -> None:
             r_chain = n / statistics.median(t_chain)
             print(f"{op:<8}{n:>7}{r_ours:>17,.0f}{r_chain:>14,.0f}{r_ours / r_chain:>8.0%}"
                   f"{statistics.median(t_ours) * 1e3:>9.3f}")
+        if refined.encoding.refines:
+            t_ref = statistics.median(timed(lambda x=x: refined.encode(x), args.seconds))
+            print(f"{'refine':<8}{n:>7}{n / t_ref:>17,.0f}{'-':>14}{'-':>8}{t_ref * 1e3:>9.3f}")
 
 
 if __name__ == "__main__":

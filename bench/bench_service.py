@@ -1,6 +1,10 @@
 """Service throughput and latency on loopback, in one bounded run (< 2 minutes).
 
-    python bench/bench_service.py [--rows 16384] [--seconds 6]
+    python bench/bench_service.py [--rows 16384] [--seconds 6] [--candidates N]
+
+``--candidates`` sets the encoding of the in-process model and of every server
+(MONOLITH_ENCODE_CANDIDATES): 0 = nearest codes; default: the checkpoint's setting
+(decoder-aware refinement for the shipped checkpoint).
 
 Rows measured:
   in-process   Monolith.encode, batch 4096 (the ceiling: no HTTP, no serialisation)
@@ -114,8 +118,8 @@ def best_rate(rows: int, run) -> float:
     return rows / min(times)
 
 
-def bench_in_process(x: np.ndarray) -> Row:
-    m = Monolith.load()
+def bench_in_process(x: np.ndarray, candidates: int | None) -> Row:
+    m = Monolith.load(candidates=candidates)
     m.encode(x[:BATCH])  # warm-up
 
     def run() -> None:
@@ -255,25 +259,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=16384, help="vectors for the bulk rows (multiple of 4096)")
     parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per concurrency row")
+    parser.add_argument("--candidates", type=int, default=None,
+                        help="encode candidates per head (0: nearest codes; default: the checkpoint's)")
     args = parser.parse_args()
+    enc = {} if args.candidates is None else {"MONOLITH_ENCODE_CANDIDATES": str(args.candidates)}
     started = time.perf_counter()
     x = unit_rows(args.rows)
     print(f"# {platform.platform()}, python {platform.python_version()}, torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, load average "
-          f"{os.getloadavg()[0]:.1f}", flush=True)
-    rows = [bench_in_process(x)]
+          f"{os.getloadavg()[0]:.1f}, encoding {Monolith.load(candidates=args.candidates).encoding}", flush=True)
+    rows = [bench_in_process(x, args.candidates)]
     one_vec = [json.dumps({"embeddings": [row.tolist()]}).encode() for row in unit_rows(1024, seed=1)]
     one_text = [json.dumps({"texts": [f"{SENTENCES[i % len(SENTENCES)]} ({i})"]}).encode() for i in range(1024)]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        with server({"MONOLITH_LOAD_TEXT_MODEL": "true"}, tmp) as url:
+        with server({"MONOLITH_LOAD_TEXT_MODEL": "true", **enc}, tmp) as url:
             rows.append(bench_npy(url, x))
             rows.append(bench_json(url, x))
             rows.append(bench_concurrent(url, "32 clients × 1 embedding, micro-batcher on (2 ms)", 32,
                                          args.seconds, one_vec, "encode"))
             rows.append(bench_concurrent(url, "8 clients × 1 text, micro-batcher on", 8, args.seconds,
                                          one_text, "embed"))
-        off = {"MONOLITH_LOAD_TEXT_MODEL": "false", "MONOLITH_BATCH_WAIT_MS": "0", "MONOLITH_BATCH_MAX_SIZE": "1"}
+        off = {"MONOLITH_LOAD_TEXT_MODEL": "false", "MONOLITH_BATCH_WAIT_MS": "0", "MONOLITH_BATCH_MAX_SIZE": "1",
+               **enc}
         with server(off, tmp) as url:
             rows.insert(4, bench_concurrent(url, "32 clients × 1 embedding, batching off", 32, args.seconds,
                                             one_vec, "encode"))

@@ -156,9 +156,9 @@ async def _load(app: FastAPI, executor: ThreadPoolExecutor, monolith: Monolith |
     try:
         if monolith is None:
             log.info("loading checkpoint %s", settings.checkpoint or "(shipped default)")
-            monolith = await loop.run_in_executor(
-                executor, Monolith.load, settings.checkpoint, settings.fallback_checkpoint, settings.text_model
-            )
+            monolith = await loop.run_in_executor(executor, lambda: Monolith.load(
+                settings.checkpoint, settings.fallback_checkpoint, settings.text_model,
+                candidates=settings.encode_candidates))
         if embedder is None and settings.load_text_model:
             from vqvae.embedder import TextEmbedder
 

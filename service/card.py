@@ -49,6 +49,7 @@ def model_card(monolith: Monolith, settings: Settings, text_model: str | None) -
         format_version=format_version,
         config=monolith.config.model_dump(),
         bytes_per_vector=monolith.config.bytes_per_vector,
+        encoding=monolith.encoding.model_dump(),
         provenance=_dict(meta.get("provenance")),
         training=_dict(meta.get("training")),
         metrics=_dict(meta.get("metrics")),

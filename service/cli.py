@@ -36,6 +36,11 @@ def serve(
     text_model: Annotated[
         Path | None, _opt("Local sentence-transformers folder [MONOLITH_TEXT_MODEL; default: bundled MiniLM]")
     ] = None,
+    encode_candidates: Annotated[
+        int | None,
+        _opt("Codes per head tried by decoder-aware encoding; 0: nearest codes, fastest "
+             "[MONOLITH_ENCODE_CANDIDATES; default: the checkpoint's]"),
+    ] = None,
     load_text_model: Annotated[
         bool | None,
         _opt("Load the text model (needed for texts) [MONOLITH_LOAD_TEXT_MODEL; default: yes]",

@@ -226,7 +226,9 @@ def search(
     text: Annotated[list[str] | None, typer.Option("--text", help="Query text (repeatable)")] = None,
     npy: Annotated[Path | None, typer.Option(help="Query embeddings [Q, 384]")] = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Hits per query")] = 10,
-    candidates: Annotated[int, typer.Option(min=0, help="ADC candidates re-ranked by decoded cosine")] = 0,
+    candidates: Annotated[
+        int, typer.Option(min=0, help="ADC candidates re-ranked by decoded cosine; 0: ADC only")
+    ] = 100,
     data_dir: DataDir = Path("data"),
     checkpoint: Checkpoint = None,
 ) -> None:

@@ -87,6 +87,8 @@ class ModelCard(BaseModel):
     format_version: int | None
     config: dict[str, Any]
     bytes_per_vector: int
+    encoding: dict[str, Any] = Field(
+        description="How /encode picks codes: candidates ≤ 1 nearest codes, else decoder-aware refinement")
     provenance: dict[str, Any]
     training: dict[str, Any]
     metrics: dict[str, Any]

@@ -15,6 +15,10 @@ class Settings(BaseSettings):
     checkpoint: Path | None = Field(None, description="Checkpoint file; default: the shipped one")
     fallback_checkpoint: Path | None = Field(None, description="Loaded, with a warning, if checkpoint fails")
     text_model: Path | None = Field(None, description="Local sentence-transformers folder; default: bundled MiniLM")
+    encode_candidates: int | None = Field(
+        None, ge=0, le=256,
+        description="Codes per head tried by decoder-aware encoding (0: nearest codes, fastest); "
+        "default: the checkpoint's setting")
     load_text_model: bool = Field(True, description="Load the text model at start-up (needed for texts)")
     data_dir: Path = Field(Path("data"), description="Where collections are stored")
     host: str = "127.0.0.1"
@@ -35,7 +39,7 @@ class Settings(BaseSettings):
     max_metadata_bytes: int = Field(16_384, ge=2, description="Largest item metadata, as compact UTF-8 JSON")
     max_id_chars: int = Field(512, ge=1, description="Longest item id in a collection")
     default_candidates: int = Field(
-        0, ge=0, description="ADC candidates re-ranked by decoded cosine when a search does not say; 0: ADC only"
+        100, ge=0, description="ADC candidates re-ranked by decoded cosine when a search does not say; 0: ADC only"
     )
     max_candidates: int = Field(10_000, ge=0, description="Most ADC candidates a search may ask to re-rank")
     search_backend: Literal["faiss", "numpy"] = Field("faiss", description="ADC kernel for collection search")

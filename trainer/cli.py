@@ -69,16 +69,21 @@ def train(
     config: Annotated[Path, typer.Argument(help="YAML or JSON training config")],
     resume: Annotated[bool, typer.Option(help="continue from out_dir/last.state.safetensors")] = False,
     out_dir: Annotated[Path | None, typer.Option(help="override the config's out_dir")] = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="override one field, e.g. --set loss.info_nce=0.1 (repeatable)")] = None,
 ) -> None:
     """Train a model; writes best/last checkpoints and a resumable state to out_dir."""
-    from trainer.config import ConfigError, load_config
+    from trainer.config import ConfigError, load_config, parse_overrides
     from trainer.distributed import cleanup
     from trainer.loop import Trainer
     from trainer.monitor import TrainingDiverged
     from vqvae.checkpoint import CheckpointError
 
     try:
-        cfg = load_config(config, {"out_dir": str(out_dir)} if out_dir else None)
+        over = parse_overrides(overrides or [])
+        if out_dir:
+            over["out_dir"] = str(out_dir)
+        cfg = load_config(config, over)
         trainer = Trainer(cfg)
         result = trainer.run(resume=resume)
     except (ConfigError, CheckpointError, ValueError, KeyError, TrainingDiverged) as exc:
@@ -120,33 +125,42 @@ def landscape(
     console.print(json.dumps(result.summary(), indent=2))
 
 
-def _parse_set(spec: str) -> tuple[str, Path, Path | None]:
+def _parse_set(spec: str) -> tuple[str, list[Path], Path | None]:
+    """NAME=DB.npy[+MORE.npy...][:QUERIES.npy]"""
     name, _, files = spec.partition("=")
     if not files:
-        fail(f"--set takes NAME=DB.npy[:QUERIES.npy], got {spec!r}")
+        fail(f"--set takes NAME=DB.npy[+MORE.npy][:QUERIES.npy], got {spec!r}")
     db, _, queries = files.partition(":")
-    return name, Path(db), Path(queries) if queries else None
+    return name, [Path(p) for p in db.split("+")], Path(queries) if queries else None
 
 
 @app.command("eval")
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(help="checkpoint to judge")],
+    checkpoints: Annotated[list[str], typer.Argument(
+        help="checkpoints to judge, each PATH or NAME=PATH (an ablation judges several in one run)")],
     train_data: Annotated[list[Path], typer.Option("--train", help="vectors the baselines are fitted on")],
-    sets: Annotated[list[str], typer.Option("--set", help="NAME=DB.npy[:QUERIES.npy]; repeatable")],
+    sets: Annotated[list[str], typer.Option(
+        "--set", help="NAME=DB.npy[+MORE.npy][:QUERIES.npy]; without QUERIES a random 1000 rows query the rest; "
+        "repeatable")],
     baselines: Annotated[str, typer.Option(help="comma-separated faiss quantizers")] = "PQ4x8,OPQ4,PQ4,RQ4x8",
     max_train: Annotated[int, typer.Option(help="baseline training vectors")] = 50_000,
     n_queries: int = 1000,
     json_out: Annotated[Path | None, typer.Option(help="also write the rows as JSON")] = None,
+    nearest: Annotated[bool, typer.Option(
+        help="also judge each checkpoint with nearest codes (no decoder-aware refinement)")] = False,
+    record: Annotated[bool, typer.Option(
+        help="write the report into the (single) checkpoint's metadata, metrics.eval_report")] = False,
 ) -> None:
     """Recall and reconstruction of a checkpoint next to faiss at the same 4 bytes per vector."""
     from trainer.data import load_embeddings
     from trainer.evaluate import EvalSet, fit_baseline, monolith_codec, quality_report, split_queries
     from vqvae.api import Monolith
     from vqvae.checkpoint import CheckpointError
+    from vqvae.config import EncodeConfig
 
     try:
-        model = Monolith.load(checkpoint)
-        dim = model.config.input_dim
+        models = _load_models(checkpoints)
+        dim = next(iter(models.values())).config.input_dim
         train = np.concatenate([load_embeddings(p, dim) for p in train_data])
         rng = np.random.default_rng(0)
         if len(train) > max_train:
@@ -154,14 +168,18 @@ def evaluate(
         eval_sets = []
         for spec in sets:
             name, db, queries = _parse_set(spec)
-            x = load_embeddings(db, dim)
+            x = np.concatenate([load_embeddings(p, dim) for p in db])
             eval_sets.append(EvalSet(name, x, load_embeddings(queries, dim)[:n_queries]) if queries
                              else split_queries(name, x, n_queries))
     except (CheckpointError, ValueError) as exc:
         fail(str(exc))
     # "OPQ4,PQ4" holds a comma: split on commas that start a new known name.
     names = [b for b in baselines.replace("OPQ4,PQ4", "OPQ4+PQ4").split(",") if b]
-    methods = {"monolith": monolith_codec(model)}
+    methods = {}
+    for name, m in models.items():
+        methods[name] = monolith_codec(m)
+        if nearest and m.encoding.refines:
+            methods[f"{name} (nearest)"] = monolith_codec(Monolith(m.checkpoint, encoding=EncodeConfig()))
     for b in names:
         b = b.replace("OPQ4+PQ4", "OPQ4,PQ4")
         with console.status(f"fitting {b} on {len(train)} vectors"):
@@ -169,10 +187,73 @@ def evaluate(
                 methods[b] = fit_baseline(b, train)
             except ValueError as exc:
                 fail(str(exc))
+    if record and len(models) != 1:
+        fail("--record writes into one checkpoint; name exactly one")
     rows = quality_report(methods, eval_sets)
     print_report(rows)
     if json_out:
         json_out.write_text(json.dumps(rows, indent=2))
+    if record:
+        from vqvae.checkpoint import record_metadata
+
+        (model,) = models.values()
+        metrics = {**model.metadata.get("metrics", {}), "eval_report": rows,
+                   "eval_train_vectors": len(train), "eval_baselines": names}
+        record_metadata(model.checkpoint.path, metrics=metrics)
+        console.print(f"report recorded in {model.checkpoint.path}")
+
+
+@app.command()
+def health(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint to judge")],
+    data: Annotated[list[Path], typer.Option("--data", help="float32 .npy [N, 384] to encode; repeatable")],
+    json_out: Annotated[Path | None, typer.Option(help="also write the statistics as JSON")] = None,
+) -> None:
+    """Codebook health on held-out vectors: codes used, entropy, Zipf fit per head, and a status."""
+    from trainer.data import load_embeddings
+    from vqvae.api import Monolith
+    from vqvae.checkpoint import CheckpointError
+    from vqvae.health import codebook_health
+    from vqvae.losses import code_histogram
+
+    try:
+        model = Monolith.load(checkpoint)
+        x = np.concatenate([load_embeddings(p, model.config.input_dim) for p in data])
+    except (CheckpointError, ValueError) as exc:
+        fail(str(exc))
+    import torch
+
+    counts = code_histogram(torch.from_numpy(model.encode(x).astype(np.int64)), model.config.codebook_size)
+    report = codebook_health(counts.numpy())
+    table = Table("head", "used", "dead", "entropy bits", "normalised", "perplexity", "Zipf α", "R²", "top 10%",
+                  title=f"codebook health over {len(x)} vectors ({model.encoding}): {report.status}")
+    for h in report.heads:
+        table.add_row(str(h.head), str(h.used), str(h.dead), f"{h.entropy_bits:.2f}", f"{h.normalized_entropy:.3f}",
+                      f"{h.perplexity:.0f}", "-" if h.zipf_alpha is None else f"{h.zipf_alpha:.2f}",
+                      "-" if h.zipf_r2 is None else f"{h.zipf_r2:.2f}", f"{h.top10_share:.1%}")
+    Console(width=140).print(table)
+    for reason in report.reasons:
+        console.print(f"  {reason}")
+    if json_out:
+        json_out.write_text(report.model_dump_json(indent=2))
+
+
+def _load_models(specs: list[str]) -> dict:
+    """PATH or NAME=PATH → {name: Monolith}; one unnamed checkpoint is called "monolith"."""
+    from vqvae.api import Monolith
+
+    models = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            name, path = ("monolith" if len(specs) == 1 else Path(spec).parent.name or Path(spec).stem), spec
+        if name in models:
+            fail(f"two checkpoints are both called {name!r}: name them NAME=PATH")
+        models[name] = Monolith.load(Path(path))
+    dims = {m.config.input_dim for m in models.values()}
+    if len(dims) > 1:
+        fail(f"the checkpoints take different input dimensions {sorted(dims)}")
+    return models
 
 
 def print_report(rows: list[dict]) -> None:

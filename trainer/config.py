@@ -9,7 +9,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from vqvae.config import ModelConfig
+from vqvae.config import EncodeConfig, ModelConfig
 
 
 class Strict(BaseModel):
@@ -138,6 +138,9 @@ class TrainConfig(Strict):
     quantizer: QuantizerTrainConfig = Field(default_factory=QuantizerTrainConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    encoding: EncodeConfig = Field(
+        EncodeConfig(candidates=8, sweeps=2),
+        description="how validation (and, from the checkpoint, Monolith.encode) picks codes; candidates 0: nearest")
     out_dir: Path = Path("runs/monolith")
     seed: int = 0
     eval_every: int = Field(500, ge=1, description="steps between validation and best-checkpoint checks")
@@ -150,8 +153,42 @@ class ConfigError(ValueError):
     """A config file that cannot be read or does not validate; the message says where."""
 
 
+def parse_overrides(specs: list[str]) -> dict:
+    """``["loss.info_nce=0.1", "optim.epochs=4"]`` → a nested dict; values are read as YAML.
+
+    Lets a user (or an ablation script) change one field of a config file without copying it.
+    """
+    out: dict = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set takes KEY.PATH=VALUE, got {spec!r}")
+        *parents, leaf = key.strip().split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {spec!r}: {part!r} is set to a value and also used as a section")
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {spec!r}: cannot parse the value: {exc}") from exc
+    return out
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def load_config(path: Path, overrides: dict | None = None) -> TrainConfig:
-    """Read YAML or JSON; relative data paths are taken relative to the current directory."""
+    """Read YAML or JSON, then merge ``overrides`` (nested, key by key) over it; relative data
+    paths are taken relative to the current directory."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -161,7 +198,7 @@ def load_config(path: Path, overrides: dict | None = None) -> TrainConfig:
         raise ConfigError(f"{path}: cannot parse: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    raw.update(overrides or {})
+    raw = _deep_merge(raw, overrides or {})
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as exc:

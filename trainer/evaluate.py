@@ -30,10 +30,13 @@ class EvalSet:
     queries: np.ndarray
 
 
-def split_queries(name: str, x: np.ndarray, n_queries: int = 1000) -> EvalSet:
-    """Held-out vectors as one set: the first rows query the rest (no vector queries itself)."""
+def split_queries(name: str, x: np.ndarray, n_queries: int = 1000, seed: int = 0) -> EvalSet:
+    """Held-out vectors as one set: a seeded random subset queries the rest (no vector queries
+    itself). Random, not the first rows: corpus files are ordered (WordNet nouns come first)."""
     nq = min(n_queries, len(x) // 5)
-    return EvalSet(name, x[nq:], x[:nq])
+    is_query = np.zeros(len(x), dtype=bool)
+    is_query[np.random.default_rng(seed).choice(len(x), nq, replace=False)] = True
+    return EvalSet(name, x[~is_query], x[is_query])
 
 
 def _faiss_codec(encode: Callable, decode: Callable) -> Codec:

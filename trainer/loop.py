@@ -42,6 +42,7 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.x = load_matrix(cfg.data.train, cfg.model.input_dim)
+        self.file_rows = {str(p): int(np.load(p, mmap_mode="r").shape[0]) for p in [*cfg.data.train, *cfg.data.val]}
         main_val = cfg.data.val and self.dist.is_main  # only rank 0 validates
         self.val = load_matrix(cfg.data.val, cfg.model.input_dim, cfg.data.max_val) if main_val else None
         self.model = build_model(cfg.model)
@@ -164,6 +165,8 @@ class Trainer:
         provenance = {
             "train_files": [str(p) for p in self.cfg.data.train],
             "val_files": [str(p) for p in self.cfg.data.val],
+            "rows": self.file_rows,
+            "split": "by text: SHA-1 bucket < 90 train, < 95 val, else test (trainer.data.split_of)",
             "train_vectors": int(len(self.x)),
             "step": self.step,
             "seed": self.cfg.seed,
@@ -176,12 +179,13 @@ class Trainer:
             metrics=report["metrics"] if report else None,
             reference_counts=counts.tolist() if counts is not None else None,
             training=self.cfg.model_dump(mode="json"),
+            encoding=self.cfg.encoding.model_dump() if self.model.produces_codes else None,
         )
 
     def validate(self) -> dict[str, Any] | None:
         if self.val is None or self.step <= self.cfg.optim.warmup_steps:
             return None
-        report = evaluate_model(self.model, self.val)
+        report = evaluate_model(self.model, self.val, encoding=self.cfg.encoding)
         with (self.out / "history.jsonl").open("a") as fh:
             fh.write(json.dumps({"step": self.step, "val": report["metrics"]}) + "\n")
         score = report["metrics"]["recall_10@10"]
@@ -231,7 +235,7 @@ class Trainer:
         result: dict[str, Any] = {"step": self.step, "best_recall_10@10": self.best,
                                   "skipped_steps": self.stability.skipped_total}
         if self.dist.is_main:
-            final = evaluate_model(self.model, self.val) if self.val is not None else None
+            final = evaluate_model(self.model, self.val, encoding=self.cfg.encoding) if self.val is not None else None
             self.save_model("last", final)
             if self.val is None or self.best < 0:
                 self.save_model("best", final)

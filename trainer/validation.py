@@ -10,8 +10,10 @@ import torch
 from torch import nn
 
 from trainer.data import load_embeddings
+from vqvae.config import EncodeConfig
 from vqvae.losses import code_histogram
 from vqvae.metrics import reconstruction_stats, retrieval_stats, usage_stats
+from vqvae.refine import CodeRefiner
 
 
 def load_matrix(paths: list[Path], dim: int, limit_each: int | None = None) -> np.ndarray:
@@ -21,19 +23,26 @@ def load_matrix(paths: list[Path], dim: int, limit_each: int | None = None) -> n
 
 
 @torch.inference_mode()
-def evaluate_model(model: nn.Module, x: np.ndarray, n_queries: int = 1000) -> dict[str, Any]:
+def evaluate_model(
+    model: nn.Module, x: np.ndarray, n_queries: int = 1000, encoding: EncodeConfig | None = None
+) -> dict[str, Any]:
     """Recall and reconstruction on held-out vectors: the first rows query the rest.
 
-    Code-producing models are judged through their codes (x → codes → x̂) and also report
-    code usage and the counts [H, K]; float-latent models (vae, wasserstein) through x̂ of
-    the deterministic latent, with ``counts`` None.
+    Code-producing models are judged through their codes (x → codes → x̂), chosen as
+    ``encoding`` says (nearest codes by default), and also report code usage and the counts
+    [H, K]; float-latent models (vae, wasserstein) through x̂ of the deterministic latent,
+    with ``counts`` None.
     """
     model.eval()
     t = torch.from_numpy(x)
     chunks = range(0, len(t), 4096)
     codes = None
     if getattr(model, "produces_codes", True):
-        codes = torch.cat([model.encode(t[i : i + 4096]) for i in chunks])
+        if encoding is not None and encoding.refines:
+            refiner = CodeRefiner(model, encoding)
+            codes = torch.cat([refiner(t[i : i + 4096], model.encode_latent(t[i : i + 4096])) for i in chunks])
+        else:
+            codes = torch.cat([model.encode(t[i : i + 4096]) for i in chunks])
         x_hat = torch.cat([model.decode(codes[i : i + 4096]) for i in chunks]).numpy()
     else:
         x_hat = torch.cat([model.reconstruct(t[i : i + 4096]) for i in chunks]).numpy()

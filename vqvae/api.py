@@ -11,17 +11,35 @@ import numpy as np
 import torch
 
 from vqvae.checkpoint import Checkpoint, CheckpointError, load_with_fallback
-from vqvae.config import ModelConfig
+from vqvae.config import EncodeConfig, ModelConfig
 from vqvae.model import MonolithWiki
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "monolith-wiki.safetensors"
 CHECKPOINT_ENV = "MONOLITH_CHECKPOINT"
 FALLBACK_ENV = "MONOLITH_FALLBACK_CHECKPOINT"
+CANDIDATES_ENV = "MONOLITH_ENCODE_CANDIDATES"
 
 
 def default_checkpoint() -> Path:
     return Path(os.environ.get(CHECKPOINT_ENV) or DEFAULT_CHECKPOINT)
+
+
+def checkpoint_encoding(checkpoint: Checkpoint) -> EncodeConfig:
+    """The encoding a checkpoint's trainer measured and recommends (nearest codes if none)."""
+    raw = checkpoint.metadata.get("encoding")
+    try:
+        return EncodeConfig.model_validate(raw or {})
+    except ValueError as exc:
+        raise CheckpointError(f"{checkpoint.path}: invalid 'encoding' in metadata: {exc}") from exc
+
+
+def _env_int(name: str) -> int:
+    value = os.environ[name]
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"${name} must be an integer, got {value!r}") from None
 
 
 def check_embeddings(x: Any, dim: int) -> np.ndarray:
@@ -60,7 +78,13 @@ def check_codes(codes: Any, num_heads: int, codebook_size: int) -> np.ndarray:
 class Monolith:
     """A loaded model: ``encode`` (float32 [N,384] → uint8 [N,4]), ``decode``, ``encode_text``."""
 
-    def __init__(self, checkpoint: Checkpoint, text_model: str | Path | None = None, batch_size: int = 4096):
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        text_model: str | Path | None = None,
+        batch_size: int = 4096,
+        encoding: EncodeConfig | None = None,
+    ):
         if not checkpoint.config.produces_codes:
             raise CheckpointError(
                 f"{checkpoint.path} is a '{checkpoint.config.bottleneck}' checkpoint: it keeps a float latent "
@@ -73,6 +97,8 @@ class Monolith:
         self.batch_size = batch_size
         self._text_model = text_model
         self._embedder = None
+        self.encoding = encoding or checkpoint_encoding(checkpoint)
+        self._refiner = None
 
     @classmethod
     def load(
@@ -80,12 +106,22 @@ class Monolith:
         path: str | Path | None = None,
         fallback: str | Path | None = None,
         text_model: str | Path | None = None,
+        encoding: EncodeConfig | None = None,
+        candidates: int | None = None,
     ) -> Monolith:
         """The shipped checkpoint by default (or ``$MONOLITH_CHECKPOINT``); ``fallback`` (or
-        ``$MONOLITH_FALLBACK_CHECKPOINT``) is tried, with a warning, if it is missing or broken."""
+        ``$MONOLITH_FALLBACK_CHECKPOINT``) is tried, with a warning, if it is missing or broken.
+
+        ``encoding`` defaults to the checkpoint's measured setting; ``candidates`` (or
+        ``$MONOLITH_ENCODE_CANDIDATES``) overrides just its candidates (0: nearest codes, fastest)."""
         primary = Path(path) if path else default_checkpoint()
         fb = fallback or os.environ.get(FALLBACK_ENV)
-        return cls(load_with_fallback(primary, Path(fb) if fb else None), text_model=text_model)
+        ckpt = load_with_fallback(primary, Path(fb) if fb else None)
+        if candidates is None and os.environ.get(CANDIDATES_ENV):
+            candidates = _env_int(CANDIDATES_ENV)
+        if encoding is None and candidates is not None:
+            encoding = EncodeConfig.model_validate({**checkpoint_encoding(ckpt).model_dump(), "candidates": candidates})
+        return cls(ckpt, text_model=text_model, encoding=encoding)
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -114,12 +150,27 @@ class Monolith:
         width = self.config.num_heads * self.config.head_dim
         return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 
+    @property
+    def refiner(self):
+        """The decoder-aware code search of ``self.encoding`` (built on first use)."""
+        if self._refiner is None or self._refiner.config != self.encoding:
+            from vqvae.refine import CodeRefiner
+
+            self._refiner = CodeRefiner(self.model, self.encoding)
+        return self._refiner
+
     @torch.inference_mode()
     def encode(self, x: np.ndarray) -> np.ndarray:
+        """float32 [N, D] → uint8 [N, H]; refined through the decoder when ``self.encoding`` says so."""
         x = check_embeddings(x, self.config.input_dim)
         codes = np.empty((len(x), self.config.num_heads), dtype=np.uint8)
+        refine = self.encoding.refines
         for i in range(0, len(x), self.batch_size):
-            codes[i : i + self.batch_size] = self.model.encode(torch.from_numpy(x[i : i + self.batch_size])).numpy()
+            part = torch.from_numpy(x[i : i + self.batch_size])
+            if refine:
+                codes[i : i + len(part)] = self.refiner(part, self.model.encode_latent(part)).numpy()
+            else:
+                codes[i : i + len(part)] = self.model.encode(part).numpy()
         return codes
 
     @torch.inference_mode()

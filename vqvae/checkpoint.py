@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 FORMAT = "monolith"
 FORMAT_VERSION = 1
 # Metadata keys stored as JSON strings (safetensors metadata is str → str).
-JSON_KEYS = ("model_config", "provenance", "metrics", "reference_counts", "training")
+JSON_KEYS = ("model_config", "provenance", "metrics", "reference_counts", "training", "encoding")
 
 
 class CheckpointError(RuntimeError):
@@ -87,6 +87,17 @@ def save_checkpoint(model: MonolithWiki | nn.Module, path: Path, **extra: Any) -
             meta[key] = json.dumps(value)
     atomic_save_tensors(model.state_dict(), path, meta)
     return Path(path)
+
+
+def record_metadata(path: Path, **entries: Any) -> Path:
+    """Rewrite a checkpoint (atomically) with JSON metadata entries added or replaced.
+
+    For facts learnt after training, such as the evaluation report next to faiss; the weights
+    are copied unchanged, so the file's checksum changes but its codes do not.
+    """
+    ckpt = load_checkpoint(path)
+    keep = {k: ckpt.metadata[k] for k in JSON_KEYS[1:] if k in ckpt.metadata}
+    return save_checkpoint(ckpt.model, path, **{**keep, **entries})
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

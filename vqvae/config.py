@@ -68,3 +68,21 @@ class ModelConfig(BaseModel):
     def bytes_per_vector(self) -> int:
         """One byte per head: codebook_size ≤ 256 keeps every code in a uint8."""
         return self.num_heads
+
+
+class EncodeConfig(BaseModel):
+    """How ``Monolith.encode`` picks codes (``vqvae.refine``): the nearest latent code per head, or
+    a decoder-aware local search over each head's ``candidates`` nearest codes.
+
+    Stored in a checkpoint as the setting its trainer measured; a user may override it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    candidates: int = Field(0, ge=0, le=256, description="codes per head tried through the decoder; ≤ 1: nearest")
+    sweeps: int = Field(2, ge=1, le=16, description="passes over the heads")
+    eta: float = Field(4.0, ge=1.0, description="weight of the error along x (score-aware, as in training)")
+
+    @property
+    def refines(self) -> bool:
+        return self.candidates > 1

@@ -167,11 +167,24 @@ class CodeDecoder:
             log.warning("decoder shortcut differs from model.decode by %.2e; using model.decode", err)
             self._table = self._rest = None
 
-    def _decode_fast(self, codes: torch.Tensor) -> torch.Tensor:
-        assert self._table is not None and self._rest is not None
-        hidden = F.embedding_bag(codes + self._offsets, self._table, mode="sum")
+    @property
+    def first_layer_table(self) -> torch.Tensor | None:
+        """[H, K, hidden]: each code's term of the decoder's first layer (the bias inside head 0's
+        terms), so the first layer of codes c is Σ_h table[h, c_h]; None without the shortcut."""
+        if self._table is None:
+            return None
+        h = len(self._offsets)
+        return self._table.reshape(h, -1, self._table.shape[-1])
+
+    def finish(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The decoder after its first layer, on first-layer outputs [..., hidden]."""
+        assert self._rest is not None
         out = self._rest(hidden)
         return F.normalize(out, dim=-1) if self._normalize else out
+
+    def _decode_fast(self, codes: torch.Tensor) -> torch.Tensor:
+        assert self._table is not None
+        return self.finish(F.embedding_bag(codes + self._offsets, self._table, mode="sum"))
 
     @torch.inference_mode()
     def __call__(self, codes: np.ndarray) -> np.ndarray:

@@ -101,3 +101,15 @@ def test_texts_match_library(make_client: AppFactory, embedder, monolith: Monoli
     np.testing.assert_array_equal(np.asarray(resp.json()["codes"]), expected)
     assert client.get("/model").json()["text_model"]
     assert client.get("/readyz").json()["text_model"] is True
+
+
+def test_encode_candidates_setting_selects_the_encoding(make_client: AppFactory, monolith: Monolith) -> None:
+    x = unit_rows(64, seed=7)
+    nearest = Monolith(monolith.checkpoint, encoding=monolith.encoding.model_copy(update={"candidates": 0}))
+    refined = Monolith(monolith.checkpoint, encoding=monolith.encoding.model_copy(update={"candidates": 6}))
+    for monolith_like, candidates in ((nearest, 0), (refined, 6)):
+        client = make_client(inject_model=False, encode_candidates=candidates)
+        assert client.get("/model").json()["encoding"]["candidates"] == candidates
+        codes = np.asarray(client.post("/encode", json={"embeddings": x.tolist()}).json()["codes"])
+        np.testing.assert_array_equal(codes, served(monolith_like.encode, x))
+    assert not np.array_equal(nearest.encode(x), refined.encode(x))

@@ -70,3 +70,28 @@ def test_shipped_config_still_validates():
         pytest.skip("configs/monolith-wiki.yaml is not in this checkout")
     cfg = load_config(path)
     assert cfg.model.bottleneck == "product_vq" and cfg.loss.balancing.method == "manual"
+
+
+def test_overrides_merge_into_nested_sections(tmp_path):
+    from trainer.config import parse_overrides
+
+    p = write(tmp_path, {"data": {"train": ["a.npy"]}, "loss": {"cosine": 2.0}})
+    cfg = load_config(p, parse_overrides(["loss.info_nce=0.1", "optim.epochs=3", "model.normalize_latent=false"]))
+    assert cfg.loss.info_nce == 0.1 and cfg.loss.cosine == 2.0  # the file's other keys survive
+    assert cfg.optim.epochs == 3 and cfg.model.normalize_latent is False
+
+
+@pytest.mark.parametrize("spec", ["loss.info_nce", "=3", "loss.info_nce=[1"])
+def test_malformed_override_is_a_config_error(spec):
+    from trainer.config import parse_overrides
+
+    with pytest.raises(ConfigError, match="--set"):
+        parse_overrides([spec])
+
+
+def test_override_of_unknown_key_names_the_valid_ones(tmp_path):
+    from trainer.config import parse_overrides
+
+    p = write(tmp_path, {"data": {"train": ["a.npy"]}})
+    with pytest.raises(ConfigError, match=r"loss.infonce.*valid: .*info_nce"):
+        load_config(p, parse_overrides(["loss.infonce=0.1"]))

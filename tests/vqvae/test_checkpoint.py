@@ -96,3 +96,18 @@ def test_checkpoint_without_normalize_latent_key_loads_as_trained(tmp_path):
     save_file(tensors, str(tmp_path / "old.safetensors"), metadata=raw)
     assert load_checkpoint(tmp_path / "old.safetensors").config.normalize_latent is False
     assert load_checkpoint(path).config.normalize_latent is False
+
+
+def test_record_metadata_keeps_weights_and_other_entries(tiny_checkpoint):
+    import torch
+
+    from vqvae.checkpoint import load_checkpoint, record_metadata
+
+    before = load_checkpoint(tiny_checkpoint)
+    record_metadata(tiny_checkpoint, metrics={"eval_report": [{"set": "a", "recall_10@10": 0.5}]})
+    after = load_checkpoint(tiny_checkpoint)
+    assert after.metadata["metrics"]["eval_report"][0]["recall_10@10"] == 0.5
+    assert after.metadata["provenance"] == before.metadata["provenance"]
+    assert after.metadata["reference_counts"] == before.metadata["reference_counts"]
+    for k, v in before.model.state_dict().items():
+        assert torch.equal(v, after.model.state_dict()[k]), k

@@ -1,0 +1,89 @@
+"""Decoder-aware encoding: pick the codes whose *decoded* vector is best, not the nearest latents.
+
+The encoder chooses each head's code by the nearest codebook entry in the latent space, one
+head at a time. What a stored vector becomes, though, is the decoder's output for all H codes
+together, and the nearest latent per head is often not the code whose reconstruction ranks
+best. :class:`CodeRefiner` runs iterated conditional modes (the local search of LSQ) over
+the decoder: starting from the nearest codes, it revisits one head at a time and tries that
+head's ``candidates`` nearest codes with the other heads fixed, keeping the one whose
+reconstruction has the lowest score-aware error against x. Each try only changes one term
+of the decoder's first (linear) layer, so a try costs the rest of the decoder on one row.
+
+The starting codes are among the tries, so the error never rises; the result is still H bytes
+that any decoder of the same checkpoint decodes. Measured on held-out text it lifts recall
+10@10 of search over reconstructions by 5–6 points at ~15–60× the cost of plain encoding
+(numbers in README's Quality section).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqvae.config import EncodeConfig
+from vqvae.search import CodeDecoder
+
+log = logging.getLogger(__name__)
+
+
+def score_aware_error(x_hat: torch.Tensor, x: torch.Tensor, eta: float) -> torch.Tensor:
+    """η‖r∥‖² + ‖r⊥‖² per row, r = x − x̂ (``vqvae.losses.score_aware_loss`` without the mean).
+
+    x [B, 1, D] or [B, D] broadcasts against x̂ [B, M, D] or [B, D]; the error along x shifts
+    every nearby query's score, so it weighs η times the rest.
+    """
+    u = F.normalize(x, dim=-1)
+    r = x - x_hat
+    par = (r * u).sum(-1, keepdim=True)
+    return (eta - 1.0) * par.squeeze(-1).pow(2) + r.pow(2).sum(-1)
+
+
+class CodeRefiner:
+    """``refiner(x, z_e)`` → codes [B, H] after ``sweeps`` rounds of per-head local search."""
+
+    def __init__(self, model: nn.Module, config: EncodeConfig, chunk: int = 256) -> None:
+        self.model = model
+        self.config = config
+        self.chunk = chunk
+        self.decoder = CodeDecoder(model)
+        self.enabled = config.refines and self.decoder.first_layer_table is not None
+        if config.refines and not self.enabled:
+            log.warning("decoder-aware encoding needs a decoder whose first layer is linear; using nearest codes")
+
+    @torch.inference_mode()
+    def __call__(self, x: torch.Tensor, z_e: torch.Tensor) -> torch.Tensor:
+        """Codes [B, H] int64 for embeddings x [B, D] and their encoder outputs z_e."""
+        distances = self.model.quantizer.distances(z_e)  # [B, H, K]
+        if not self.enabled:
+            return distances.argmin(-1)
+        m = min(self.config.candidates, distances.shape[-1])
+        shortlist = distances.topk(m, dim=-1, largest=False).indices  # [B, H, m], nearest first
+        was_training = self.model.training
+        self.model.eval()  # no dropout inside the decoder while it judges the tries
+        try:
+            parts = [self._search(x[i : i + self.chunk], shortlist[i : i + self.chunk])
+                     for i in range(0, len(x), self.chunk)]
+        finally:
+            self.model.train(was_training)
+        return torch.cat(parts) if parts else distances.argmin(-1)
+
+    def _search(self, x: torch.Tensor, shortlist: torch.Tensor) -> torch.Tensor:
+        table = self.decoder.first_layer_table  # [H, K, hidden]
+        assert table is not None
+        b, h, _ = shortlist.shape
+        rows = torch.arange(b)
+        codes = shortlist[:, :, 0].clone()
+        hidden = table[torch.arange(h), codes].sum(1)  # [B, hidden]: first layer of the current codes
+        target = x.unsqueeze(1)
+        for _ in range(self.config.sweeps):
+            for head in range(h):
+                options = table[head][shortlist[:, head]]  # [B, m, hidden]
+                tries = (hidden - table[head, codes[:, head]]).unsqueeze(1) + options
+                err = score_aware_error(self.decoder.finish(tries), target, self.config.eta)  # [B, m]
+                best = err.argmin(-1)
+                hidden = tries[rows, best]
+                codes[:, head] = shortlist[rows, head, best]
+        return codes
