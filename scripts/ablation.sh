@@ -19,17 +19,18 @@ declare -A variants=(
   [no_ema]="--set quantizer.ema=false"
   [no_reseed]="--set quantizer.reseed_every=0"
   [with_dropout]="--set model.dropout=0.1"
-  [plus_info_nce]="--set loss.info_nce=0.1"
+  [no_info_nce]="--set loss.info_nce=0"
+  [no_refinement]="--set encoding.candidates=0"
   [plus_orthogonal]="--set loss.orthogonal=0.1"
   [plus_head_balance]="--set loss.head_balance=1.0"
   [plus_entropy]="--set loss.entropy=0.1"
   [plus_load_balance]="--set loss.load_balance=1.0"
   [seed_recipe]="--set quantizer.init=random --set quantizer.ema=false --set quantizer.reseed_every=0 \
-    --set loss.score_aware=0 --set loss.cosine=0 --set loss.mse=1 --set loss.orthogonal=0.1 \
+    --set loss.score_aware=0 --set loss.cosine=0 --set loss.info_nce=0 --set loss.mse=1 --set loss.orthogonal=0.1 \
     --set loss.head_balance=1.0 --set loss.entropy=0.1 --set loss.load_balance=1.0 --set model.normalize_latent=false \
-    --set optim.warmup_steps=0"
+    --set optim.warmup_steps=0 --set encoding.candidates=0"
 )
-order=(recipe no_score_aware no_commitment no_kmeans_init no_ema no_reseed with_dropout plus_info_nce
+order=(recipe no_refinement no_score_aware no_info_nce no_commitment no_kmeans_init no_ema no_reseed with_dropout
        plus_orthogonal plus_head_balance plus_entropy plus_load_balance seed_recipe)
 
 mkdir -p "$out"

@@ -174,14 +174,13 @@ def evaluate(
     except (CheckpointError, ValueError) as exc:
         fail(str(exc))
     # "OPQ4,PQ4" holds a comma: split on commas that start a new known name.
-    names = [b for b in baselines.replace("OPQ4,PQ4", "OPQ4+PQ4").split(",") if b]
+    names = [b.replace("OPQ4+PQ4", "OPQ4,PQ4") for b in baselines.replace("OPQ4,PQ4", "OPQ4+PQ4").split(",") if b]
     methods = {}
     for name, m in models.items():
         methods[name] = monolith_codec(m)
         if nearest and m.encoding.refines:
             methods[f"{name} (nearest)"] = monolith_codec(Monolith(m.checkpoint, encoding=EncodeConfig()))
     for b in names:
-        b = b.replace("OPQ4+PQ4", "OPQ4,PQ4")
         with console.status(f"fitting {b} on {len(train)} vectors"):
             try:
                 methods[b] = fit_baseline(b, train)

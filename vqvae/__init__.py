@@ -2,12 +2,13 @@
 
 from vqvae.api import Monolith, check_codes, check_embeddings
 from vqvae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from vqvae.config import ModelConfig
+from vqvae.config import EncodeConfig, ModelConfig
 from vqvae.model import MonolithV13, MonolithWiki, build_model
 from vqvae.quantizer import OrthogonalProductQuantizer
 
 __all__ = [
     "CheckpointError",
+    "EncodeConfig",
     "ModelConfig",
     "Monolith",
     "MonolithV13",

@@ -11,7 +11,7 @@ of the decoder's first (linear) layer, so a try costs the rest of the decoder on
 
 The starting codes are among the tries, so the error never rises; the result is still H bytes
 that any decoder of the same checkpoint decodes. Measured on held-out text it lifts recall
-10@10 of search over reconstructions by 5–6 points at ~15–60× the cost of plain encoding
+10@10 of search over reconstructions by 5–7 points, at 10–30× the cost of plain encoding
 (numbers in README's Quality section).
 """
 
