@@ -21,6 +21,7 @@ from tqdm import tqdm
 from trainer.codebook_init import CodebookKeeper
 from trainer.config import TrainConfig
 from trainer.distributed import init_from_env
+from trainer.loss_factory import inert_terms
 from trainer.monitor import LossHistory, StabilityMonitor
 from trainer.objective import Objective
 from trainer.state import flatten_optimizer, load_state, save_state, unflatten_optimizer
@@ -50,6 +51,8 @@ class Trainer:
         self.batch_size = bs
         self.codebooks = CodebookKeeper(self.model, cfg.quantizer, bs, self.dist) if self.model.produces_codes else None
         self.objective = Objective(cfg.loss, cfg.model, self.model, self.dist, cfg.optim.warmup_steps)
+        for note in inert_terms(cfg) if self.dist.is_main else []:
+            log.warning(note)
         self.net = self.dist.wrap(self.model, find_unused=bool(self.codebooks) and not cfg.quantizer.ema)
         self.opt = self._optimizer()
         self.steps_per_epoch = max(1, len(self.x) // bs)

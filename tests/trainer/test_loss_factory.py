@@ -108,3 +108,28 @@ def test_objective_applies_the_schedule_after_the_warmup():
     rec = parts["cosine"] + parts["score_aware"]
     assert math.isclose(float(parts["total"]), float(rec + 1.0 * parts["kl"]), rel_tol=1e-5)
     assert obj.weights() == {"kl_multiplier": 0.5}
+
+
+def test_inert_terms_are_named_with_the_reason():
+    from trainer.config import TrainConfig
+    from trainer.loss_factory import inert_terms
+
+    def cfg(**over):
+        raw = {"data": {"train": ["a.npy"]}, "loss": {"orthogonal": 0.1, "head_balance": 1.0}}
+        for key, value in over.items():
+            raw.setdefault(key, {}).update(value)
+        return TrainConfig.model_validate(raw)
+
+    notes = inert_terms(cfg())
+    assert len(notes) == 2 and "quantizer.ema" in notes[0] and "normalize_latent" in notes[1]
+    assert inert_terms(cfg(quantizer={"ema": False}, model={"normalize_latent": False})) == []
+    assert inert_terms(TrainConfig.model_validate({"data": {"train": ["a.npy"]}})) == []
+
+
+def test_head_balance_is_identically_zero_for_unit_heads():
+    import torch.nn.functional as F
+
+    from vqvae import losses as L
+
+    z = F.normalize(torch.randn(64, 4, 8), dim=-1).reshape(64, 32)
+    assert float(L.head_balance_loss(z, 4)) < 1e-12
