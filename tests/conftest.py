@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,15 @@ def clustered_embeddings(n: int, dim: int = 384, clusters: int = 32, seed: int =
     centres = rng.standard_normal((clusters, dim))
     x = centres[rng.integers(0, clusters, n)] + 0.5 * rng.standard_normal((n, dim))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+REAL_SAMPLE = Path(__file__).parent / "data" / "real_sample.npy"
+
+
+def real_embeddings() -> np.ndarray:
+    """1,024 real MiniLM embeddings: 512 WordNet glosses, then 512 Debian package descriptions
+    (validation splits; rebuilt by scripts/make_test_sample.py)."""
+    return np.load(REAL_SAMPLE)
 
 
 @pytest.fixture

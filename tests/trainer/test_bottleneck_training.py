@@ -9,7 +9,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import TINY, clustered_embeddings
+from tests.conftest import TINY, clustered_embeddings, real_embeddings
 from trainer.cli import app
 from trainer.config import TrainConfig
 from trainer.loop import Trainer
@@ -20,9 +20,12 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
+    """Real embeddings (WordNet glosses and Debian descriptions), both sources in both splits."""
     d = tmp_path_factory.mktemp("data")
-    np.save(d / "train.npy", clustered_embeddings(512, seed=1))
-    np.save(d / "val.npy", clustered_embeddings(200, seed=2))
+    x = real_embeddings()
+    val = np.r_[0:100, 512:612]
+    np.save(d / "train.npy", np.delete(x, val, axis=0))
+    np.save(d / "val.npy", x[val])
     return d
 
 
