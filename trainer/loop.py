@@ -43,7 +43,6 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.x = load_matrix(cfg.data.train, cfg.model.input_dim)
-        self.file_rows = {str(p): int(np.load(p, mmap_mode="r").shape[0]) for p in [*cfg.data.train, *cfg.data.val]}
         main_val = cfg.data.val and self.dist.is_main  # only rank 0 validates
         self.val = load_matrix(cfg.data.val, cfg.model.input_dim, cfg.data.max_val) if main_val else None
         self.model = build_model(cfg.model)
@@ -168,7 +167,9 @@ class Trainer:
         provenance = {
             "train_files": [str(p) for p in self.cfg.data.train],
             "val_files": [str(p) for p in self.cfg.data.val],
-            "rows": self.file_rows,
+            # every file was read (and checked) at start-up; rank 0 alone saves and holds the val files
+            "rows": {str(p): int(np.load(p, mmap_mode="r").shape[0])
+                     for p in [*self.cfg.data.train, *self.cfg.data.val]},
             "split": "by text: SHA-1 bucket < 90 train, < 95 val, else test (trainer.data.split_of)",
             "train_vectors": int(len(self.x)),
             "step": self.step,

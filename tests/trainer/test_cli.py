@@ -117,3 +117,12 @@ def test_health_prints_per_head_statistics(tiny_checkpoint, embeddings_file, tmp
     assert all(0 < h["used"] <= 16 for h in report["heads"])
     res = runner.invoke(app, ["health", str(tiny_checkpoint), "--data", str(tmp_path / "none.npy")])
     assert res.exit_code == 2 and "none.npy" in res.output
+
+
+def test_train_reports_missing_validation_data(tmp_path):
+    np.save(tmp_path / "x.npy", clustered_embeddings(256))
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"data": {"train": [str(tmp_path / "x.npy")], "val": [str(tmp_path / "nope.npy")]},
+                             "out_dir": str(tmp_path / "run")}))
+    res = runner.invoke(app, ["train", str(p)])
+    assert res.exit_code == 2 and "nope.npy" in res.output
