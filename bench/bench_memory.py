@@ -38,7 +38,8 @@ def rss_bytes() -> int:
 
 
 def build(data_dir: Path, n: int, checkpoint: str | None) -> float:
-    from service.store import Store, StoreModel
+    from service.collections.collection import StoreModel
+    from service.collections.store import Store
     from vqvae.api import Monolith
 
     t0 = time.perf_counter()
@@ -54,13 +55,14 @@ def build(data_dir: Path, n: int, checkpoint: str | None) -> float:
 
 
 def measure(data_dir: Path, n: int, checkpoint: str | None) -> dict[str, float]:
-    from service.store import Store, StoreModel
+    from service.collections.collection import StoreModel
+    from service.collections.store import Store
     from vqvae.api import Monolith
     from vqvae.search import CodeIndex
 
     monolith = Monolith.load(checkpoint)
     model = StoreModel.from_monolith(monolith)
-    z = monolith.encode_latent(np.random.default_rng(1).standard_normal((8, 384)).astype(np.float32))
+    z = monolith.search_latent(np.random.default_rng(1).standard_normal((8, 384)).astype(np.float32))
     # Warm-up: one-off per-process costs (BLAS/OpenMP buffers and threads, SQLite, faiss tables)
     # must not be charged to the vectors.
     warm = CodeIndex(model.codebooks)

@@ -71,7 +71,8 @@ def main() -> None:
     import torch
 
     from vqvae.api import Monolith
-    from vqvae.search import CodeDecoder, CodeIndex
+    from vqvae.decoding import CodeDecoder
+    from vqvae.search import CodeIndex
 
     torch.set_num_threads(args.threads)
     faiss.omp_set_num_threads(args.threads)
@@ -84,7 +85,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((max(args.batch, 256), monolith.config.input_dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    z = monolith.encode_latent(x)
+    z = monolith.search_latent(x)
     print(f"threads: torch {torch.get_num_threads()}, faiss {faiss.omp_get_max_threads()}; k={args.k}; "
           f"checkpoint {monolith.sha256[:12]}")
     header = f"{'N':>9} {'engine':<16} {'cand':>5} {'p50 ms':>8} {'p99 ms':>8} {'1-q q/s':>8} {'batch q/s':>10}"

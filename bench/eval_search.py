@@ -17,9 +17,12 @@ Rows (all 4 bytes per stored vector):
   (``sa_decode``), the refinement faiss can do without storing floats.
 * ``faiss PQ4``: the same without the rotation.
 * ``faiss LSQ4x8, decoded, exhaustive``: faiss's best 4-byte quantizer (additive, local search
-  encoding); exact search over its reconstructions (it has no plain ADC without extra bytes).
+  encoding); cosine against every reconstruction (it has no plain ADC without extra bytes).
 
-Metrics: recall 10@10, 1@10 and 10@100 as defined in DESIGN.md.
+Metrics (``vqvae.metrics``), baselines (``vqvae.baselines``) and the re-ranking step
+(``vqvae.search.rerank_by_cosine``) are the library's own, shared with ``monolith-train eval``:
+recall 10@10, 1@10 and 10@100 as defined in DESIGN.md; every "decoded" or "rerank" row ranks
+unit-length reconstructions by cosine with the query.
 
     python bench/eval_search.py --checkpoint X [--emb-dir data/emb] [--faiss-cache DIR] [--json out.json]
 """
@@ -27,45 +30,22 @@ Metrics: recall 10@10, 1@10 and 10@100 as defined in DESIGN.md.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
-import time
 from pathlib import Path
 
 import faiss
 import numpy as np
 
 from vqvae.api import Monolith
-from vqvae.search import CodeDecoder, CodeIndex
+from vqvae.baselines import fit_baseline
+from vqvae.decoding import CodeDecoder
+from vqvae.metrics import DEPTH, TRUTH, cosine_topk, exact_topk, recalls
+from vqvae.search import CodeIndex, rerank_by_cosine
 
 log = logging.getLogger("eval_search")
 TRAIN_SOURCES = ("wordnet", "debian")
 SOURCES = ("wordnet", "debian", "pydoc", "changelog")
-DEPTH = 100  # ranks kept per query (for recall 10@100)
-
-
-def exact_topk(db: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
-    index = faiss.IndexFlatIP(db.shape[1])
-    index.add(db)
-    return index.search(q, k)[1]
-
-
-def recalls(found: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """DESIGN.md: 10@10 = |top-10 ∩ true top-10|/10; 1@10 = true top-1 in top-10; 10@100."""
-    r1010 = np.mean([len(set(f[:10]) & set(t[:10])) / 10 for f, t in zip(found, truth, strict=True)])
-    r110 = np.mean([t[0] in set(f[:10]) for f, t in zip(found, truth, strict=True)])
-    r10100 = np.mean([len(set(f[:100]) & set(t[:10])) / 10 for f, t in zip(found, truth, strict=True)])
-    return {"recall_10@10": float(r1010), "recall_1@10": float(r110), "recall_10@100": float(r10100)}
-
-
-def rerank_by_cosine(q: np.ndarray, cand: np.ndarray, recon: np.ndarray, depth: int) -> np.ndarray:
-    """Re-order each query's candidate rows by cosine(query, reconstruction)."""
-    recon = recon / np.maximum(np.linalg.norm(recon, axis=1, keepdims=True), 1e-12)
-    sims = np.einsum("qcd,qd->qc", recon[np.maximum(cand, 0)], q)
-    sims[cand < 0] = -np.inf
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :depth]
-    return np.take_along_axis(cand, order, axis=1)
 
 
 def load_split(emb_dir: Path, source: str, split: str) -> np.ndarray | None:
@@ -76,28 +56,6 @@ def load_split(emb_dir: Path, source: str, split: str) -> np.ndarray | None:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def fit_faiss(train: np.ndarray, spec: str, opq_iters: int, cache: Path | None) -> faiss.Index:
-    """Fit (or read back) a baseline; it depends on the training data only, not the checkpoint."""
-    digest = hashlib.sha256(train[:: max(1, len(train) // 1000)].tobytes()).hexdigest()[:12]
-    path = cache / f"{spec.replace(',', '_')}-{len(train)}-{opq_iters}-{digest}.faiss" if cache else None
-    if path is not None and path.is_file():
-        log.info("%s read from %s", spec, path)
-        return faiss.read_index(str(path))
-    t0 = time.perf_counter()
-    if spec == "LSQ4x8":
-        index = faiss.IndexLocalSearchQuantizer(train.shape[1], 4, 8)
-    else:
-        index = faiss.index_factory(train.shape[1], spec)
-    if spec.startswith("OPQ"):
-        faiss.downcast_VectorTransform(index.chain.at(0)).niter = opq_iters
-    index.train(train)
-    log.info("%s fitted on %d vectors in %.1fs", spec, len(train), time.perf_counter() - t0)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(index, str(path))
-    return index
-
-
 def evaluate_source(
     monolith: Monolith,
     decoder: CodeDecoder,
@@ -106,34 +64,35 @@ def evaluate_source(
     q: np.ndarray,
     candidates: list[int],
 ) -> dict[str, dict[str, float]]:
-    truth = exact_topk(db, q, 10)
+    truth = exact_topk(db, q, TRUTH)
     rows: dict[str, dict[str, float]] = {}
     depth = min(DEPTH, len(db))
 
     index = CodeIndex.from_model(monolith.model)
     index.add(monolith.encode(db))
-    z = monolith.encode_latent(q)
+    z = monolith.search_latent(q)
     for c in candidates:
         name = "monolith ADC" if c == 0 else f"monolith rerank {c}"
         found = index.search(z, depth, candidates=c, queries=q, decoder=decoder).rows
-        rows[name] = recalls(found, truth)
+        rows[name] = recalls(truth, found)
     decoded = decoder(index.codes)
-    rows["monolith decoded, exhaustive"] = recalls(exact_topk(decoded, q, depth), truth)
+    rows["monolith decoded, exhaustive"] = recalls(truth, cosine_topk(decoded, q, depth))
 
     for spec, fitted in baselines.items():
         if spec.startswith("LSQ"):
             recon = fitted.sa_decode(fitted.sa_encode(db))
-            rows[f"faiss {spec}, decoded, exhaustive"] = recalls(exact_topk(recon, q, depth), truth)
+            rows[f"faiss {spec}, decoded, exhaustive"] = recalls(truth, cosine_topk(recon, q, depth))
             continue
         base = faiss.clone_index(fitted)
         base.add(db)
         _, adc = base.search(q, max([depth, *candidates]))
-        rows[f"faiss {spec}"] = recalls(adc[:, :depth], truth)
+        rows[f"faiss {spec}"] = recalls(truth, adc[:, :depth])
         if spec.startswith("OPQ"):
             recon = base.sa_decode(base.sa_encode(db))
             for c in candidates:
                 if c > 0:
-                    rows[f"faiss {spec} rerank {c}"] = recalls(rerank_by_cosine(q, adc[:, :c], recon, depth), truth)
+                    found = rerank_by_cosine(q, adc[:, :c], depth, lambda r, recon=recon: recon[r]).rows
+                    rows[f"faiss {spec} rerank {c}"] = recalls(truth, found)
     return rows
 
 
@@ -163,7 +122,8 @@ def main() -> None:
     if len(train) > args.train_max:
         train = train[rng.choice(len(train), args.train_max, replace=False)]
     specs = ("OPQ4,PQ4", "PQ4", "LSQ4x8") if args.lsq else ("OPQ4,PQ4", "PQ4")
-    baselines = {spec: fit_faiss(train, spec, args.opq_iters, args.faiss_cache) for spec in specs}
+    baselines = {spec: fit_baseline(spec, train, opq_iters=args.opq_iters, cache=args.faiss_cache).index
+                 for spec in specs}
 
     report: dict[str, object] = {"checkpoint": str(monolith.checkpoint.path), "sha256": monolith.sha256,
                                  "faiss_train_vectors": len(train), "sources": {}}

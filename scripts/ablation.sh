@@ -49,8 +49,8 @@ done
 
 emb=data/emb
 monolith-train eval "${checkpoints[@]}" \
-  --train $emb/wordnet.train.npy --train $emb/debian.train.npy --baselines "OPQ4,PQ4,LSQ4x8" \
-  --set wordnet=$emb/wordnet.test.npy --set debian=$emb/debian.test.npy \
-  --set pydoc=$emb/pydoc.train.npy+$emb/pydoc.val.npy+$emb/pydoc.test.npy \
-  --set changelog=$emb/changelog.train.npy+$emb/changelog.val.npy+$emb/changelog.test.npy \
+  --train $emb/wordnet.train.npy --train $emb/debian.train.npy --baselines OPQ4,PQ4 --baselines LSQ4x8 \
+  --data wordnet=$emb/wordnet.test.npy --data debian=$emb/debian.test.npy \
+  --data pydoc=$emb/pydoc.train.npy+$emb/pydoc.val.npy+$emb/pydoc.test.npy \
+  --data changelog=$emb/changelog.train.npy+$emb/changelog.val.npy+$emb/changelog.test.npy \
   --json-out "$out/ablation.json"

@@ -10,6 +10,11 @@ contend. Requests of ``batch_max_size`` rows or more (bulk ``.npy`` uploads) ski
 and go straight to the worker in large chunks, interleaving with small batches between
 chunks. Past ``queue_limit`` outstanding requests, new ones are refused with
 ``Overloaded`` (the app answers 503 + Retry-After) instead of growing an unbounded queue.
+
+Inputs are trusted: the routes validate each request once (``service.validation``), and
+checking again per batch would scan every row twice. Internal callers stay safe all the same:
+a batch that fails is re-run one request at a time, so one caller's bad input fails only that
+caller (with the model's own message from ``vqvae.api``), never the others it was batched with.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -27,7 +32,8 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import torch
 
-from vqvae.api import Monolith, check_codes, check_embeddings
+from vqvae.api import Monolith
+from vqvae.health import count_codes
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,8 @@ class TextModelUnavailable(RuntimeError):
 
 class BatcherClosed(RuntimeError):
     """The server is shutting down."""
+
+    retry_after = 5
 
 
 @dataclass
@@ -125,34 +133,44 @@ class _Lane(Generic[In]):
 
     async def _loop(self) -> None:
         while True:
-            batch = await self._next_batch()
-            batch = [job for job in batch if not job.future.done()]  # callers that went away
+            batch = [job for job in await self._next_batch() if not job.future.done()]  # callers gone
             if not batch:
                 continue
             try:
-                joined = batch[0].payload if len(batch) == 1 else self.join([j.payload for j in batch])
-                result = await self.batcher.call(self.run, joined)
-                parts = self.split(result, [j.rows for j in batch])
+                await self._run(batch)
             except asyncio.CancelledError:
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(BatcherClosed("server is shutting down"))
+                _fail(batch, BatcherClosed("server is shutting down"))
                 raise
-            except Exception as exc:  # handed to every caller of the batch
-                log.exception("%s batch of %d rows failed", self.name, sum(j.rows for j in batch))
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(exc)
-                continue
-            for job, part in zip(batch, parts, strict=True):
-                if not job.future.done():
-                    job.future.set_result(part)
+
+    async def _run(self, batch: list[_Job[In]]) -> None:
+        """One pass for the whole batch; if it fails, one pass per job, so that a bad input
+        fails only its own caller."""
+        try:
+            joined = batch[0].payload if len(batch) == 1 else self.join([j.payload for j in batch])
+            result = await self.batcher.call(self.run, joined)
+            parts = self.split(result, [j.rows for j in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                log.exception("%s pass of %d rows failed", self.name, batch[0].rows)
+                _fail(batch, exc)
+                return
+            log.warning("%s batch of %d requests failed; running them one by one", self.name, len(batch))
+            for job in batch:
+                await self._run([job])
+            return
+        for job, part in zip(batch, parts, strict=True):
+            if not job.future.done():
+                job.future.set_result(part)
 
     def fail_pending(self) -> None:
-        while self.queue:
-            job = self.queue.popleft()
-            if not job.future.done():
-                job.future.set_exception(BatcherClosed("server is shutting down"))
+        _fail(list(self.queue), BatcherClosed("server is shutting down"))
+        self.queue.clear()
+
+
+def _fail(jobs: list[_Job[Any]], exc: BaseException) -> None:
+    for job in jobs:
+        if not job.future.done():
+            job.future.set_exception(exc)
 
 
 def _split_rows(result: np.ndarray, rows: list[int]) -> list[np.ndarray]:
@@ -165,9 +183,8 @@ class MicroBatcher:
 
     ``encode(x)`` float32 [N, D] → uint8 [N, H] codes (also counted in ``traffic_counts``);
     ``decode(codes)`` → float32 [N, D]; ``embed(texts)`` → float32 [N, D] unit vectors;
-    ``call(fn, *args)`` runs any other CPU-bound model work (search, encode_latent) on the
-    same worker thread. Inputs are validated per request, before they join a batch, so one
-    caller's bad input can never fail another caller's request.
+    ``call(fn, *args)`` runs any other CPU-bound model work (search, search_latent) on the
+    same worker thread. Callers pass validated inputs (see the module docstring).
     """
 
     def __init__(
@@ -178,9 +195,7 @@ class MicroBatcher:
         wait_ms: float = 2.0,
         max_size: int = 4096,
         queue_limit: int = 1024,
-        max_text_chars: int | None = None,
         metrics: Any | None = None,
-        traffic_counts: np.ndarray | None = None,
         executor: ThreadPoolExecutor | None = None,
         torch_threads: int = 0,
     ) -> None:
@@ -189,13 +204,9 @@ class MicroBatcher:
         self.wait_s = max(0.0, wait_ms) / 1000.0
         self.max_size = max(1, max_size)
         self.queue_limit = queue_limit
-        self.max_text_chars = max_text_chars
         self.metrics = metrics
         cfg = monolith.config
-        self.traffic_counts = (
-            traffic_counts if traffic_counts is not None
-            else np.zeros((cfg.num_heads, cfg.codebook_size), dtype=np.int64)
-        )
+        self.traffic_counts = np.zeros((cfg.num_heads, cfg.codebook_size), dtype=np.int64)
         self.counts_lock = threading.Lock()
         self._own_executor = executor is None
         self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="monolith-model")
@@ -236,9 +247,8 @@ class MicroBatcher:
         """Run ``fn(*args)`` on the model worker thread and await its result."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def encode(self, x: Any, *, bulk: bool = False) -> np.ndarray:
-        """Codes uint8 [N, H] for embeddings [N, D]; ``bulk`` skips the coalescing wait."""
-        x = check_embeddings(x, self.monolith.config.input_dim)
+    async def encode(self, x: np.ndarray, *, bulk: bool = False) -> np.ndarray:
+        """Codes uint8 [N, H] for float32 embeddings [N, D]; ``bulk`` skips the coalescing wait."""
         if len(x) == 0:
             return np.zeros((0, self.monolith.config.num_heads), dtype=np.uint8)
         async with self._slot():
@@ -247,22 +257,19 @@ class MicroBatcher:
             assert self._encode_lane is not None
             return await self._encode_lane.submit(x, len(x))
 
-    async def decode(self, codes: Any, *, bulk: bool = False) -> np.ndarray:
-        """Reconstructions float32 [N, D] for codes [N, H]."""
-        cfg = self.monolith.config
-        c = check_codes(codes, cfg.num_heads, cfg.codebook_size)
-        if len(c) == 0:
-            return np.zeros((0, cfg.input_dim), dtype=np.float32)
+    async def decode(self, codes: np.ndarray, *, bulk: bool = False) -> np.ndarray:
+        """Reconstructions float32 [N, D] for integer codes [N, H] within the codebook."""
+        if len(codes) == 0:
+            return np.zeros((0, self.monolith.config.input_dim), dtype=np.float32)
         async with self._slot():
-            if bulk or len(c) >= self.max_size:
-                return await self._chunked(self._decode_now, c)
+            if bulk or len(codes) >= self.max_size:
+                return await self._chunked(self._decode_now, codes)
             assert self._decode_lane is not None
-            return await self._decode_lane.submit(c, len(c))
+            return await self._decode_lane.submit(codes, len(codes))
 
-    async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-length embeddings float32 [N, D] of texts, from the text model."""
+    async def embed(self, texts: list[str]) -> np.ndarray:
+        """Unit-length embeddings float32 [N, D] of non-empty texts, from the text model."""
         self.require_text_model()
-        texts = check_texts(texts, self.max_text_chars)
         if not texts:
             return np.zeros((0, self.monolith.config.input_dim), dtype=np.float32)
         async with self._slot():
@@ -323,10 +330,9 @@ class MicroBatcher:
         self._use_threads(len(x))
         codes = self.monolith.encode(x)
         self._observe("encode", len(x))
-        cfg = self.monolith.config
+        counts = count_codes(codes, self.monolith.config.codebook_size)
         with self.counts_lock:
-            for h in range(cfg.num_heads):
-                self.traffic_counts[h] += np.bincount(codes[:, h], minlength=cfg.codebook_size)
+            self.traffic_counts += counts
         if self.metrics is not None:
             self.metrics.vectors_encoded.inc(len(codes))
         return codes
@@ -356,22 +362,3 @@ class MicroBatcher:
 
 def _join_texts(parts: list[list[str]]) -> list[str]:
     return [t for part in parts for t in part]
-
-
-def check_texts(texts: Any, max_chars: int | None = None) -> list[str]:
-    """A list of non-empty strings of at most ``max_chars`` characters, or a ValueError that
-    names the first offending item."""
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise ValueError("texts must be a list of strings")
-    out = list(texts)
-    for i, t in enumerate(out):
-        if not isinstance(t, str):
-            raise ValueError(f"texts[{i}] must be a string, got {type(t).__name__}")
-        if not t.strip():
-            raise ValueError(f"texts[{i}] is empty; every text needs some non-space characters")
-        if max_chars is not None and len(t) > max_chars:
-            raise ValueError(
-                f"texts[{i}] has {len(t)} characters, more than the limit of {max_chars} "
-                "(MONOLITH_MAX_TEXT_CHARS); shorten or split it"
-            )
-    return out

@@ -16,9 +16,12 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
+from service.cli_errors import fail
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")  # what logging and uvicorn both accept
 
 cli = typer.Typer(add_completion=False, help=__doc__)
 
@@ -66,12 +69,8 @@ def serve(
 ) -> None:
     """Start the Monolith HTTP server."""
     overrides = {k: v for k, v in locals().items() if v is not None}
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        raise typer.BadParameter(_explain(exc)) from None
-    level = settings.log_level.upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(overrides)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("starting on %s:%d (workers=%d)", settings.host, settings.port, settings.workers)
     common: dict[str, Any] = {
         "host": settings.host,
@@ -79,15 +78,32 @@ def serve(
         "log_level": settings.log_level.lower(),
         "timeout_graceful_shutdown": 10,
     }
-    if settings.workers == 1:
-        from service.app import create_app
+    try:
+        if settings.workers == 1:
+            from service.app import create_app
 
-        uvicorn.run(create_app(settings), **common)
-        return
-    # Worker processes build their own app from the environment: hand the flags on there.
-    for key, value in overrides.items():
-        os.environ[f"MONOLITH_{key.upper()}"] = str(value)
-    uvicorn.run("service.app:create_app_from_env", factory=True, workers=settings.workers, **common)
+            uvicorn.run(create_app(settings), **common)
+            return
+        # Worker processes build their own app from the environment: hand the flags on there.
+        for key, value in overrides.items():
+            os.environ[f"MONOLITH_{key.upper()}"] = str(value)
+        uvicorn.run("service.app:create_app_from_env", factory=True, workers=settings.workers, **common)
+    except SystemExit as exc:
+        if exc.code:  # uvicorn has logged why, e.g. the port is in use
+            fail(f"the server could not start on {settings.host}:{settings.port} "
+                 f"(uvicorn exit status {exc.code}; its log above says why)")
+        raise
+
+
+def _settings(overrides: dict[str, Any]) -> Settings:
+    """Settings from flags over ``MONOLITH_*``, or a one-line error naming what is wrong."""
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        fail(_explain(exc))
+    if settings.log_level.upper() not in LOG_LEVELS:
+        fail(f"log_level: {settings.log_level!r} is not one of {', '.join(level.lower() for level in LOG_LEVELS)}")
+    return settings
 
 
 def _explain(exc: ValidationError) -> str:

@@ -14,11 +14,13 @@ import math
 
 import numpy as np
 
+from service.errors import InvalidInput, TooManyRows
+
 NPY_MEDIA_TYPE = "application/x-npy"
 MAX_HEADER_BYTES = 10_000
 
 
-class NpyError(ValueError):
+class NpyError(InvalidInput):
     """The body is not an acceptable .npy array; the message says what to fix."""
 
 
@@ -50,7 +52,7 @@ def load_npy(body: bytes, *, kind: str, max_rows: int | None = None) -> np.ndarr
     """A 2-D array from a .npy body, checked before anything is allocated.
 
     ``kind`` is ``"float"`` (embeddings: float32 only) or ``"int"`` (codes: any integer dtype).
-    Raises ``NpyError`` (422) for a bad file and ``TooManyRows`` (413) above ``max_rows``.
+    Raises ``NpyError`` for a bad file and ``TooManyRows`` above ``max_rows``.
     """
     if not body:
         raise NpyError("body is empty; send a .npy file written with numpy.save")
@@ -77,16 +79,6 @@ def load_npy(body: bytes, *, kind: str, max_rows: int | None = None) -> np.ndarr
     except Exception as exc:
         raise NpyError(f".npy body could not be read: {exc}") from exc
     return arr
-
-
-class TooManyRows(ValueError):
-    """More rows than ``MONOLITH_MAX_BATCH`` (answered with 413)."""
-
-    def __init__(self, rows: int, limit: int) -> None:
-        super().__init__(
-            f"batch of {rows} rows is larger than the limit of {limit} (MONOLITH_MAX_BATCH); "
-            "split it into smaller requests"
-        )
 
 
 def dump_npy(arr: np.ndarray) -> bytes:

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
         0, ge=0, description="Torch threads for batches of 256+ rows (0: torch's default); smaller ones use 1"
     )
     log_level: str = "info"
-    # Collections (service/store.py, service/routes/collections.py)
+    # Collections (service/collections/)
     max_metadata_bytes: int = Field(16_384, ge=2, description="Largest item metadata, as compact UTF-8 JSON")
     max_id_chars: int = Field(512, ge=1, description="Longest item id in a collection")
     default_candidates: int = Field(

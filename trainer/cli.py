@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import numpy as np
 import typer
@@ -16,8 +16,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build corpor
 console = Console(stderr=True)
 
 
-def fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+def fail(message: str) -> NoReturn:
+    """How every command fails: one line ``error: <message>`` on stderr and exit status 2, no
+    traceback (results go to stdout). A multi-line message (a config's list of invalid fields)
+    is joined into that one line."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    text = ""
+    for line in lines:
+        text += line if not text else (" " if text.endswith(":") else "; ") + line
+    typer.echo(f"error: {text}", err=True)
     raise typer.Exit(2)
 
 
@@ -31,12 +38,13 @@ def corpus(
     out: Annotated[Path, typer.Option(help="folder for {source}.{split}.txt")] = Path("data/corpus"),
     sources: Annotated[list[str] | None, typer.Option("--source", help="repeatable")] = None,
 ) -> None:
-    """Build deduplicated texts from WordNet glosses, Debian synopses, pydoc and changelogs."""
-    from trainer.data import SOURCES, CorpusError, build_corpus
+    """Build deduplicated texts from every source of trainer.sources (training sources first)."""
+    from trainer.data import build_corpus
+    from trainer.sources import SOURCES, CorpusError
 
     try:
         counts = build_corpus(out, sources or list(SOURCES))
-    except CorpusError as exc:
+    except (CorpusError, OSError) as exc:
         fail(str(exc))
     table = Table("source", "train", "val", "test", title=f"corpus in {out}")
     for name, c in counts.items():
@@ -59,7 +67,7 @@ def embed(
         fail(f"text file not found: {texts}")
     try:
         n = embed_file(TextEmbedder(text_model, batch_size=batch_size), texts, out)
-    except (EmbedderError, ValueError) as exc:
+    except (EmbedderError, ValueError, OSError) as exc:
         fail(str(exc))
     console.print(f"wrote {n} embeddings to {out}")
 
@@ -86,12 +94,12 @@ def train(
         cfg = load_config(config, over)
         trainer = Trainer(cfg)
         result = trainer.run(resume=resume)
-    except (ConfigError, CheckpointError, ValueError, KeyError, TrainingDiverged) as exc:
+    except (ConfigError, CheckpointError, ValueError, KeyError, TrainingDiverged, OSError) as exc:
         fail(str(exc).strip("'\""))
     finally:
         cleanup()
     if trainer.dist.is_main:
-        console.print(json.dumps(result, indent=2, default=float))
+        typer.echo(json.dumps(result, indent=2, default=float))
 
 
 @app.command()
@@ -120,16 +128,16 @@ def landscape(
             x = x[np.sort(np.random.default_rng(seed).choice(len(x), samples, replace=False))]
         result = run_landscape(checkpoint, x, out or checkpoint.with_name(checkpoint.stem + "-landscape"),
                                steps=steps, radius=radius, samples=probes, ascent_steps=ascent_steps, seed=seed)
-    except (CheckpointError, ValueError) as exc:
+    except (CheckpointError, ValueError, OSError) as exc:
         fail(str(exc))
-    console.print(json.dumps(result.summary(), indent=2))
+    typer.echo(json.dumps(result.summary(), indent=2))
 
 
-def _parse_set(spec: str) -> tuple[str, list[Path], Path | None]:
-    """NAME=DB.npy[+MORE.npy...][:QUERIES.npy]"""
+def _parse_data(spec: str) -> tuple[str, list[Path], Path | None]:
+    """eval's ``--data NAME=DB.npy[+MORE.npy...][:QUERIES.npy]``"""
     name, _, files = spec.partition("=")
     if not files:
-        fail(f"--set takes NAME=DB.npy[+MORE.npy][:QUERIES.npy], got {spec!r}")
+        fail(f"--data takes NAME=DB.npy[+MORE.npy][:QUERIES.npy], got {spec!r}")
     db, _, queries = files.partition(":")
     return name, [Path(p) for p in db.split("+")], Path(queries) if queries else None
 
@@ -140,9 +148,11 @@ def evaluate(
         help="checkpoints to judge, each PATH or NAME=PATH (an ablation judges several in one run)")],
     train_data: Annotated[list[Path], typer.Option("--train", help="vectors the baselines are fitted on")],
     sets: Annotated[list[str], typer.Option(
-        "--set", help="NAME=DB.npy[+MORE.npy][:QUERIES.npy]; without QUERIES a random 1000 rows query the rest; "
-        "repeatable")],
-    baselines: Annotated[str, typer.Option(help="comma-separated faiss quantizers")] = "PQ4x8,OPQ4,PQ4,RQ4x8",
+        "--data", help="an evaluation set NAME=DB.npy[+MORE.npy][:QUERIES.npy]; without QUERIES a random 1000 "
+        "rows query the rest; repeatable")],
+    baselines: Annotated[list[str] | None, typer.Option(
+        "--baselines", help="a faiss index_factory string fitted on --train, e.g. OPQ4,PQ4 or LSQ8x8; repeatable "
+        "(default: OPQ4,PQ4, RQ4x8 and LSQ4x8, 4 bytes each; 'none': no baselines)")] = None,
     max_train: Annotated[int, typer.Option(help="baseline training vectors")] = 50_000,
     n_queries: int = 1000,
     json_out: Annotated[Path | None, typer.Option(help="also write the rows as JSON")] = None,
@@ -151,10 +161,20 @@ def evaluate(
     record: Annotated[bool, typer.Option(
         help="write the report into the (single) checkpoint's metadata, metrics.eval_report")] = False,
 ) -> None:
-    """Recall and reconstruction of a checkpoint next to faiss at the same 4 bytes per vector."""
+    """Recall, reconstruction and encode speed of checkpoints next to faiss baselines, judged alike:
+    every method's reconstructions ranked by cosine, differences with their paired standard error."""
     from trainer.data import load_embeddings
-    from trainer.evaluate import EvalSet, fit_baseline, monolith_codec, quality_report, split_queries
+    from trainer.evaluate import (
+        EvalSet,
+        baseline_method,
+        fairness_notes,
+        fit_baselines,
+        monolith_method,
+        quality_report,
+        split_queries,
+    )
     from vqvae.api import Monolith
+    from vqvae.baselines import DEFAULT_BASELINES, BaselineError
     from vqvae.checkpoint import CheckpointError
     from vqvae.config import EncodeConfig
 
@@ -167,27 +187,26 @@ def evaluate(
             train = train[np.sort(rng.choice(len(train), max_train, replace=False))]
         eval_sets = []
         for spec in sets:
-            name, db, queries = _parse_set(spec)
+            name, db, queries = _parse_data(spec)
             x = np.concatenate([load_embeddings(p, dim) for p in db])
             eval_sets.append(EvalSet(name, x, load_embeddings(queries, dim)[:n_queries]) if queries
                              else split_queries(name, x, n_queries))
     except (CheckpointError, ValueError) as exc:
         fail(str(exc))
-    # "OPQ4,PQ4" holds a comma: split on commas that start a new known name.
-    names = [b.replace("OPQ4+PQ4", "OPQ4,PQ4") for b in baselines.replace("OPQ4,PQ4", "OPQ4+PQ4").split(",") if b]
-    methods = {}
-    for name, m in models.items():
-        methods[name] = monolith_codec(m)
-        if nearest and m.encoding.refines:
-            methods[f"{name} (nearest)"] = monolith_codec(Monolith(m.checkpoint, encoding=EncodeConfig()))
-    for b in names:
-        with console.status(f"fitting {b} on {len(train)} vectors"):
-            try:
-                methods[b] = fit_baseline(b, train)
-            except ValueError as exc:
-                fail(str(exc))
+    specs = [] if baselines == ["none"] else list(dict.fromkeys(baselines or DEFAULT_BASELINES))
     if record and len(models) != 1:
         fail("--record writes into one checkpoint; name exactly one")
+    methods = []
+    for name, m in models.items():
+        methods.append(monolith_method(name, m))
+        if nearest and m.encoding.refines:
+            methods.append(monolith_method(f"{name} (nearest)", Monolith(m.checkpoint, encoding=EncodeConfig())))
+    for note in fairness_notes(models, train_data, len(train)) if specs else []:
+        console.print(f"[yellow]note:[/] {note}")
+    try:
+        methods += [baseline_method(b) for b in fit_baselines(specs, train)]
+    except BaselineError as exc:
+        fail(str(exc))
     rows = quality_report(methods, eval_sets)
     print_report(rows)
     if json_out:
@@ -196,8 +215,8 @@ def evaluate(
         from vqvae.checkpoint import record_metadata
 
         (model,) = models.values()
-        metrics = {**model.metadata.get("metrics", {}), "eval_report": rows,
-                   "eval_train_vectors": len(train), "eval_baselines": names}
+        metrics = {**model.metadata.get("metrics", {}), "eval_report": rows, "eval_train_vectors": len(train),
+                   "eval_baselines": specs, "eval_ranking": "cosine"}
         record_metadata(model.checkpoint.path, metrics=metrics)
         console.print(f"report recorded in {model.checkpoint.path}")
 
@@ -212,29 +231,29 @@ def health(
     from trainer.data import load_embeddings
     from vqvae.api import Monolith
     from vqvae.checkpoint import CheckpointError
-    from vqvae.health import codebook_health
-    from vqvae.losses import code_histogram
+    from vqvae.health import codebook_health, count_codes
 
     try:
         model = Monolith.load(checkpoint)
         x = np.concatenate([load_embeddings(p, model.config.input_dim) for p in data])
+        report = codebook_health(count_codes(model.encode(x), model.config.codebook_size))
     except (CheckpointError, ValueError) as exc:
         fail(str(exc))
-    import torch
-
-    counts = code_histogram(torch.from_numpy(model.encode(x).astype(np.int64)), model.config.codebook_size)
-    report = codebook_health(counts.numpy())
     table = Table("head", "used", "dead", "entropy bits", "normalised", "perplexity", "Zipf α", "R²", "top 10%",
                   title=f"codebook health over {len(x)} vectors ({model.encoding}): {report.status}")
     for h in report.heads:
         table.add_row(str(h.head), str(h.used), str(h.dead), f"{h.entropy_bits:.2f}", f"{h.normalized_entropy:.3f}",
                       f"{h.perplexity:.0f}", "-" if h.zipf_alpha is None else f"{h.zipf_alpha:.2f}",
                       "-" if h.zipf_r2 is None else f"{h.zipf_r2:.2f}", f"{h.top10_share:.1%}")
-    Console(width=140).print(table)
+    out = Console(width=140)
+    out.print(table)
     for reason in report.reasons:
-        console.print(f"  {reason}")
+        out.print(f"  {reason}", markup=False, highlight=False)
     if json_out:
-        json_out.write_text(report.model_dump_json(indent=2))
+        try:
+            json_out.write_text(report.model_dump_json(indent=2))
+        except OSError as exc:
+            fail(str(exc))
 
 
 def _load_models(specs: list[str]) -> dict:
@@ -256,14 +275,37 @@ def _load_models(specs: list[str]) -> dict:
 
 
 def print_report(rows: list[dict]) -> None:
-    cols = ["recall_10@10", "recall_1@10", "recall_10@100", "cosine", "rel_sq_error", "codes_used",
-            "norm_entropy_min"]
-    table = Table("set", "method", *cols, title="quality at 4 bytes/vector (search over reconstructions)")
+    """The report as a table on stdout: one row per (set, method)."""
+
+    def num(value: object, fmt: str = ".3f") -> str:
+        return "-" if value is None else format(value, fmt)
+
+    def diff(r: dict) -> str:
+        d, se = r.get("diff_recall_10@10"), r.get("diff_se_recall_10@10")
+        if r["method"] == r.get("reference"):
+            return "reference"
+        if d is None:
+            return "-"
+        mark = "*" if se is not None and abs(d) > 2 * se else " "
+        return f"{d:+.3f} ± {num(se)}{mark}"
+
+    table = Table("set", "method", "bytes", "fit on", "10@10", "Δ 10@10 ± SE", "1@10", "10@100", "10@10 IP",
+                  "cosine", "rel err", "codes used", "encode/s",
+                  title="quality: reconstructions scaled to unit length, ranked by cosine with the query")
     for r in rows:
-        table.add_row(r["set"], r["method"], *[
-            "-" if r.get(c) is None else (f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c])) for c in cols
-        ])
-    Console(width=160).print(table)
+        table.add_row(r["set"], r["method"], str(r.get("bytes_per_vector", "-")), num(r.get("train_vectors"), ","),
+                      num(r["recall_10@10"]), diff(r), num(r["recall_1@10"]), num(r["recall_10@100"]),
+                      num(r.get("ip_recall_10@10")), num(r.get("cosine")), num(r.get("rel_sq_error")),
+                      num(r.get("codes_used"), "d"), num(r.get("encode_per_s"), ",.0f"))
+    if rows:
+        ref, threads = rows[0].get("reference", "-"), rows[0].get("threads", "-")
+        fitted = sorted({r["train_vectors"] for r in rows if r.get("kind") == "faiss" and r.get("train_vectors")})
+        table.caption = (
+            f"Δ: recall 10@10 minus {ref}'s, ± the paired standard error over the queries (* beyond two: real). "
+            f"IP: ranked by raw inner product. fit on: training vectors (baselines: "
+            f"{', '.join(f'{n:,}' for n in fitted) or '-'}). encode/s: the set's database encoded in this "
+            f"process, {threads} threads.")
+    Console(width=190).print(table)
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import torch
 
 from trainer.config import QuantizerTrainConfig
 from trainer.distributed import Dist
-from vqvae.losses import code_histogram
+from vqvae.health import count_codes
 from vqvae.quantizer import OrthogonalProductQuantizer
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class EMACodebook:
         h, k, d = self.q.codebooks.shape
         z = z_e.detach().reshape(-1, h, d)
         flat = codes + torch.arange(h).unsqueeze(0) * k  # [B, H] → slot in H*K
-        counts = torch.bincount(flat.reshape(-1), minlength=h * k).reshape(h, k).float()
+        counts = torch.from_numpy(count_codes(codes, k)).float()
         sums = torch.zeros(h * k, d).index_add_(0, flat.reshape(-1), z.reshape(-1, d)).reshape(h, k, d)
         self.reduce(counts, sums)
         self.count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
@@ -169,7 +169,7 @@ class CodebookKeeper:
         if self.ema:
             self.ema.update(targets, codes)
         else:
-            self.recent_counts += code_histogram(codes, self.quantizer.codebook_size).float()
+            self.recent_counts += torch.from_numpy(count_codes(codes, self.quantizer.codebook_size)).float()
         if q.reseed_every and (step + 1) % q.reseed_every == 0:
             self._reseed(targets)
         self.model.renormalize_codebooks()

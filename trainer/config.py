@@ -28,6 +28,8 @@ class OptimConfig(Strict):
     batch_size: int = Field(1024, ge=2)
     epochs: float = Field(20, gt=0, description="passes over the training set (VQ phase)")
     warmup_steps: int = Field(500, ge=0, description="autoencoder steps without quantizer before k-means init")
+    lr_warmup_steps: int = Field(100, ge=0, description="first steps of the run over which the learning rate "
+                                 "rises linearly to lr before its cosine decay (0: none); not warmup_steps")
     lr_min_ratio: float = Field(0.05, ge=0, le=1, description="cosine decay floor, as a share of lr")
     grad_clip: float = Field(1.0, gt=0)
 

@@ -1,37 +1,28 @@
 """Corpora → texts → embeddings.
 
-Training text comes from real sources on a Debian machine: WordNet glosses and the
-package synopses that ``apt-cache dumpavail`` prints. Two further real sources that the
-shipped model never trains on serve as out-of-domain tests: Python standard-library
-docstrings and Debian changelog entries. Splits are decided by a hash of the text, so
-they stay fixed however often, and on whichever machine, the corpus is rebuilt.
+The sources themselves (which texts, from where on a Debian machine, and which of them are
+kept for testing only) live in ``trainer.sources``. Splits are decided by a hash of the text,
+so they stay fixed however often, and on whichever machine, the corpus is rebuilt.
 """
 
 from __future__ import annotations
 
-import ast
-import gzip
 import hashlib
 import json
 import logging
 import re
-import subprocess
 import sys
-import sysconfig
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
+from trainer.sources import SOURCES, CorpusError
+
 log = logging.getLogger(__name__)
 
-WORDNET_DIR = Path("/usr/share/wordnet")
 SPLITS = ("train", "val", "test")
 _WS = re.compile(r"\s+")
-
-
-class CorpusError(RuntimeError):
-    """A corpus source is missing on this machine, with the command that installs it."""
 
 
 def normalise_text(text: str) -> str:
@@ -42,81 +33,6 @@ def split_of(text: str) -> str:
     """90/5/5 split by a stable hash: the same text always lands in the same split."""
     bucket = int(hashlib.sha1(text.encode("utf-8")).hexdigest()[:8], 16) % 100
     return "train" if bucket < 90 else ("val" if bucket < 95 else "test")
-
-
-def wordnet_glosses(root: Path = WORDNET_DIR) -> Iterator[str]:
-    """Every synset gloss (definition and examples) of WordNet's data.* files."""
-    files = [root / f"data.{pos}" for pos in ("noun", "verb", "adj", "adv")]
-    if not all(f.exists() for f in files):
-        raise CorpusError(f"WordNet data not found under {root}: run 'apt-get install wordnet-base'")
-    for path in files:
-        with path.open(encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("  ") or " | " not in line:
-                    continue  # licence header
-                yield line.split(" | ", 1)[1]
-
-
-def debian_synopses(dump: str | None = None) -> Iterator[str]:
-    """Package one-line descriptions from ``apt-cache dumpavail``."""
-    if dump is None:
-        try:
-            dump = subprocess.run(
-                ["apt-cache", "dumpavail"], check=True, capture_output=True, text=True
-            ).stdout
-        except (OSError, subprocess.CalledProcessError) as exc:
-            raise CorpusError(f"'apt-cache dumpavail' failed ({exc}); run 'apt-get update' first") from exc
-    for line in dump.splitlines():
-        if line.startswith("Description: "):
-            yield line[len("Description: ") :]
-
-
-def python_docstrings(stdlib: Path | None = None) -> Iterator[str]:
-    """First paragraph of every docstring in the Python standard library (out-of-domain text)."""
-    root = Path(stdlib or sysconfig.get_paths()["stdlib"])
-    for path in sorted(root.rglob("*.py")):
-        if any(p in {"site-packages", "test", "tests", "idlelib", "lib2to3"} for p in path.parts):
-            continue
-        try:
-            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
-        except (SyntaxError, ValueError):
-            continue
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-                doc = ast.get_docstring(node)
-                if doc:
-                    yield doc.split("\n\n", 1)[0]
-
-
-def debian_changelogs(doc_root: Path = Path("/usr/share/doc")) -> Iterator[str]:
-    """Entries ('  * ...') of every installed package's Debian changelog (out-of-domain text)."""
-    for path in sorted(doc_root.glob("*/changelog.Debian.gz")):
-        try:
-            text = gzip.decompress(path.read_bytes()).decode("utf-8", errors="replace")
-        except (OSError, EOFError):
-            continue
-        entry: list[str] = []
-        for line in text.splitlines() + [""]:
-            if line.startswith("  * "):
-                if entry:
-                    yield " ".join(entry)
-                entry = [line[4:]]
-            elif line.startswith("    ") and entry:
-                entry.append(line.strip())
-            else:
-                if entry:
-                    yield " ".join(entry)
-                entry = []
-
-
-SOURCES: dict[str, Callable[[], Iterable[str]]] = {
-    "wordnet": wordnet_glosses,
-    "debian": debian_synopses,
-    "pydoc": python_docstrings,
-    "changelog": debian_changelogs,
-}
-TRAIN_SOURCES = ("wordnet", "debian")
-OOD_SOURCES = ("pydoc", "changelog")
 
 
 def clean_unique(texts: Iterable[str], min_chars: int = 12, max_chars: int = 1000) -> list[str]:

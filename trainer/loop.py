@@ -8,7 +8,6 @@ Under ``torchrun`` the same loop runs on every rank (see ``trainer.distributed``
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -27,7 +26,7 @@ from trainer.objective import Objective
 from trainer.state import flatten_optimizer, load_state, save_state, unflatten_optimizer
 from trainer.validation import evaluate_model, load_matrix
 from vqvae.checkpoint import save_checkpoint
-from vqvae.model import build_model
+from vqvae.registry import build_model
 
 __all__ = ["Trainer", "evaluate_model", "load_matrix"]
 
@@ -91,7 +90,7 @@ class Trainer:
 
     def lr_at(self, step: int) -> float:
         o = self.cfg.optim
-        warm = 100
+        warm = o.lr_warmup_steps
         if step < warm:
             return o.lr * (step + 1) / warm
         frac = (step - warm) / max(1, self.total_steps - warm)
@@ -190,8 +189,7 @@ class Trainer:
         if self.val is None or self.step <= self.cfg.optim.warmup_steps:
             return None
         report = evaluate_model(self.model, self.val, encoding=self.cfg.encoding)
-        with (self.out / "history.jsonl").open("a") as fh:
-            fh.write(json.dumps({"step": self.step, "val": report["metrics"]}) + "\n")
+        self.history.record_validation(self.step, report["metrics"])
         score = report["metrics"]["recall_10@10"]
         if score > self.best:
             self.best = score

@@ -52,7 +52,6 @@ class LossSuite:
     def __init__(self, terms: list[LossTerm], bottleneck: str = "product_vq") -> None:
         self.bottleneck = bottleneck
         self.terms = [t for t in terms if t.weight > 0]
-        self.available = [t.name for t in terms]  # including switched-off terms
 
     def components(self, out: Output) -> dict[str, torch.Tensor]:
         """Unweighted value of every active term."""
@@ -77,15 +76,8 @@ class LossSuite:
     def names(self) -> list[str]:
         return [t.name for t in self.terms]
 
-    @property
-    def total_weight(self) -> float:
-        return sum(t.weight for t in self.terms)
-
     def kinds(self) -> dict[str, str]:
         return {t.name: t.kind for t in self.terms}
-
-    def describe(self) -> list[tuple[str, float, str]]:
-        return [(t.name, t.weight, t.kind) for t in self.terms]
 
 
 def reconstruction_terms(c: LossConfig) -> list[LossTerm]:

@@ -6,6 +6,8 @@ reconstruction, quantizer, regulariser, kl, adversarial; the total; gradient nor
 weights; codes used per head). At the end of training it draws ``plots/losses.png`` (one
 panel per kind) and ``plots/code_usage.png`` (codes used per head over time, and each
 head's final rank–usage curve). TensorBoard gets the same scalars where it is installed.
+Each validation is one line of ``out_dir/history.jsonl``; ``plots/validation.png`` shows held-out
+recall over the steps, with the step of the best checkpoint (highest recall 10@10) starred.
 
 :class:`StabilityMonitor` looks at every step's loss and gradient norm: NaN/Inf, norms far
 above their recent median (exploding) or near zero (vanishing). It answers ``ok``, ``skip``
@@ -26,10 +28,9 @@ from typing import Any
 import numpy as np
 
 from trainer.config import MonitorConfig
+from vqvae.health import count_codes
 
 log = logging.getLogger(__name__)
-
-GROUP_ORDER = ("reconstruction", "quantizer", "regulariser", "kl", "adversarial")
 
 
 class TrainingDiverged(FloatingPointError):
@@ -47,6 +48,8 @@ class LossHistory:
         self.usage: np.ndarray | None = None  # hard code counts [H, K] in the current window
         self.total_usage: np.ndarray | None = None
         self.rows: list[dict[str, Any]] = []
+        self.val_path = Path(out_dir) / "history.jsonl"
+        self.val_rows: list[dict[str, Any]] = []  # {"step", "val": held-out metrics}
         self.tb = _tensorboard(Path(out_dir) / "tensorboard") if (enabled and cfg.tensorboard) else None
 
     def record(self, step: int, values: dict[str, float], codes: np.ndarray | None = None,
@@ -55,7 +58,7 @@ class LossHistory:
         for k, v in values.items():
             self.window[k].append(v)
         if codes is not None:
-            counts = np.stack([np.bincount(codes[:, h], minlength=codebook_size) for h in range(codes.shape[1])])
+            counts = count_codes(codes, codebook_size)
             self.usage = counts if self.usage is None else self.usage + counts
             self.total_usage = counts if self.total_usage is None else self.total_usage + counts
         if (step + 1) % self.cfg.log_every:
@@ -94,15 +97,29 @@ class LossHistory:
                 if value is not None:
                     self.tb.add_scalar(f"train/{name}", value, row["step"])
 
+    def record_validation(self, step: int, metrics: dict[str, Any]) -> None:
+        """One validation: a line of ``history.jsonl``, kept for the validation plot."""
+        row = {"step": step, "val": metrics}
+        self.val_rows.append(row)
+        if self.enabled:
+            self.val_path.parent.mkdir(parents=True, exist_ok=True)
+            with self.val_path.open("a") as fh:
+                fh.write(json.dumps(row, default=float) + "\n")
+
     def reload(self, up_to_step: int) -> None:
         """On resume: keep the rows already written up to the restored step (for the final plots)
-        and drop any written after it by the interrupted run."""
-        if not self.path.is_file():
-            return
-        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-        self.rows = [r for r in rows if r["step"] <= up_to_step]
-        if self.enabled and len(self.rows) != len(rows):
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        and drop any written after it by the interrupted run (losses and validations alike)."""
+        self.rows = self._keep_until(self.path, up_to_step)
+        self.val_rows = self._keep_until(self.val_path, up_to_step)
+
+    def _keep_until(self, path: Path, up_to_step: int) -> list[dict[str, Any]]:
+        if not path.is_file():
+            return []
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        kept = [r for r in rows if r["step"] <= up_to_step]
+        if self.enabled and len(kept) != len(rows):
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        return kept
 
     def close(self) -> None:
         if self.tb is not None:
@@ -110,14 +127,16 @@ class LossHistory:
 
     def plot(self) -> list[Path]:
         """Write the PNGs (rank 0, ``plots`` on); returns their paths."""
-        if not (self.enabled and self.cfg.plots and self.rows):
+        if not (self.enabled and self.cfg.plots and (self.rows or self.val_rows)):
             return []
-        from trainer.plots import plot_code_usage, plot_losses
+        from trainer.plots import plot_code_usage, plot_losses, plot_validation
 
         self.plot_dir.mkdir(parents=True, exist_ok=True)
-        paths = [plot_losses(self.rows, self.plot_dir / "losses.png")]
-        if self.total_usage is not None:
+        paths = [plot_losses(self.rows, self.plot_dir / "losses.png")] if self.rows else []
+        if self.total_usage is not None and self.rows:
             paths.append(plot_code_usage(self.rows, self.total_usage, self.plot_dir / "code_usage.png"))
+        if self.val_rows:
+            paths.append(plot_validation(self.val_rows, self.plot_dir / "validation.png"))
         return paths
 
 

@@ -1,4 +1,4 @@
-"""PNG plots of a training run: loss curves per kind, and code usage per head.
+"""PNG plots of a training run: loss curves per kind, validation recall, and code usage per head.
 
 Matplotlib's object API on the Agg canvas (no pyplot state, no display needed).
 """
@@ -63,6 +63,28 @@ def _maybe_log(ax: Any, values: list[float]) -> None:
     pos = [v for v in values if v > 0]
     if pos and len(pos) == len(values) and max(pos) / min(pos) > 100:
         ax.set_yscale("log")
+
+
+VALIDATION_RECALLS = ("recall_10@10", "recall_1@10", "recall_10@100")
+
+
+def plot_validation(rows: list[dict[str, Any]], path: Path, selects: str = "recall_10@10") -> Path:
+    """Held-out recall over the steps (rows ``{"step", "val": metrics}``), the step whose
+    ``selects`` metric picked the best checkpoint starred."""
+    fig = Figure(figsize=(7.5, 4.0))
+    ax = fig.subplots()
+    for name in VALIDATION_RECALLS:
+        pts = [(r["step"], r["val"][name]) for r in rows if r["val"].get(name) is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o", markersize=3, label=name.replace("recall_", "recall "))
+    scored = [(r["step"], r["val"][selects]) for r in rows if r["val"].get(selects) is not None]
+    if scored:
+        best_step, best = max(scored, key=lambda sv: sv[1])  # the first of equal scores, as training keeps it
+        ax.plot([best_step], [best], marker="*", color="red", markersize=14, linestyle="none",
+                label=f"best checkpoint: step {best_step}, {selects.replace('recall_', 'recall ')} {best:.3f}")
+    ax.set(title="validation (held-out) recall", xlabel="step", ylabel="recall")
+    ax.legend(loc="best", fontsize=7)
+    return _save(fig, path)
 
 
 def plot_code_usage(rows: list[dict[str, Any]], counts: np.ndarray, path: Path) -> Path:

@@ -11,7 +11,7 @@ from torch import nn
 
 from trainer.data import load_embeddings
 from vqvae.config import EncodeConfig
-from vqvae.losses import code_histogram
+from vqvae.health import count_codes
 from vqvae.metrics import reconstruction_stats, retrieval_stats, usage_stats
 from vqvae.refine import CodeRefiner
 
@@ -52,5 +52,5 @@ def evaluate_model(
     counts = None
     if codes is not None:
         stats.update(usage_stats(codes.numpy(), model.config.codebook_size))
-        counts = code_histogram(codes, model.config.codebook_size).numpy()
+        counts = count_codes(codes, model.config.codebook_size)
     return {"metrics": stats, "counts": counts}

@@ -3,8 +3,9 @@
 from vqvae.api import Monolith, check_codes, check_embeddings
 from vqvae.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vqvae.config import EncodeConfig, ModelConfig
-from vqvae.model import MonolithV13, MonolithWiki, build_model
+from vqvae.model import MonolithV13, MonolithWiki
 from vqvae.quantizer import OrthogonalProductQuantizer
+from vqvae.registry import build_model
 
 __all__ = [
     "CheckpointError",

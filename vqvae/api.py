@@ -12,7 +12,9 @@ import torch
 
 from vqvae.checkpoint import Checkpoint, CheckpointError, load_with_fallback
 from vqvae.config import EncodeConfig, ModelConfig
+from vqvae.embedder import TextEmbedder
 from vqvae.model import MonolithWiki
+from vqvae.refine import CodeRefiner
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 DEFAULT_CHECKPOINT = CHECKPOINT_DIR / "monolith-wiki.safetensors"
@@ -96,9 +98,9 @@ class Monolith:
         self.config: ModelConfig = checkpoint.config
         self.batch_size = batch_size
         self._text_model = text_model
-        self._embedder = None
+        self._embedder: TextEmbedder | None = None
         self.encoding = encoding or checkpoint_encoding(checkpoint)
-        self._refiner = None
+        self._refiner: CodeRefiner | None = None
 
     @classmethod
     def load(
@@ -132,18 +134,17 @@ class Monolith:
         return self.checkpoint.sha256
 
     @property
-    def embedder(self):
+    def embedder(self) -> TextEmbedder:
         """The text model, loaded on first use (most callers only handle vectors)."""
         if self._embedder is None:
-            from vqvae.embedder import TextEmbedder
-
             self._embedder = TextEmbedder(self._text_model, expected_dim=self.config.input_dim)
         return self._embedder
 
     @torch.inference_mode()
-    def encode_latent(self, x: np.ndarray) -> np.ndarray:
-        """Encoder outputs z_e [N, H·D] (what the search kernel scores codes against; for residual
-        stages z_e once per stage, see ``ResidualVQ.search_latent``)."""
+    def search_latent(self, x: np.ndarray) -> np.ndarray:
+        """The model's ``search_latent`` [N, H·D]: what the search kernel scores stored codes against
+        (the encoder output z_e for product heads; z_e once per stage for residual stages, see
+        ``ResidualVQ.search_latent``)."""
         x = check_embeddings(x, self.config.input_dim)
         out = [self.model.search_latent(torch.from_numpy(x[i : i + self.batch_size])).numpy()
                for i in range(0, len(x), self.batch_size)]
@@ -151,11 +152,9 @@ class Monolith:
         return np.concatenate(out) if out else np.zeros((0, width), np.float32)
 
     @property
-    def refiner(self):
+    def refiner(self) -> CodeRefiner:
         """The decoder-aware code search of ``self.encoding`` (built on first use)."""
         if self._refiner is None or self._refiner.config != self.encoding:
-            from vqvae.refine import CodeRefiner
-
             self._refiner = CodeRefiner(self.model, self.encoding)
         return self._refiner
 

@@ -164,10 +164,3 @@ class WassersteinAE(ContinuousAutoencoder):
     def forward(self, x: torch.Tensor, quantize: bool = True) -> dict[str, torch.Tensor]:
         z = self.encoder(x)
         return {"x": x, "z_e": z, "z": z, "z_prior": torch.randn_like(z), "x_hat": self.decode_latent(z)}
-
-
-BOTTLENECK_MODELS: dict[str, type[nn.Module]] = {
-    "residual_vq": ResidualVQ,
-    "vae": GaussianVAE,
-    "wasserstein": WassersteinAE,
-}

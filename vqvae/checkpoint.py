@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from vqvae.config import ModelConfig
-from vqvae.model import MonolithWiki, build_model
+from vqvae.model import MonolithWiki
+from vqvae.registry import build_model
 
 log = logging.getLogger(__name__)
 

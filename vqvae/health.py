@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import torch
 from pydantic import BaseModel, Field
 
 Status = Literal["healthy", "warning", "collapsed"]
@@ -44,6 +45,29 @@ class CodebookHealth(BaseModel):
     total_assignments: int
     status: Status
     reasons: list[str]
+
+
+def count_codes(codes: np.ndarray | torch.Tensor, codebook_size: int) -> np.ndarray:
+    """How often each code was assigned, per head: codes [N, H] → counts [H, K] (int64 numpy).
+
+    The one definition of code counting. ``codes`` may be a numpy array or a torch tensor
+    (any integer dtype, any device; tensors are detached and copied to the host), so callers
+    that keep torch state convert the result with ``torch.from_numpy``. Every code must lie
+    in ``[0, codebook_size)``. One ``np.bincount`` over codes offset by ``h * K``.
+    """
+    if isinstance(codes, torch.Tensor):
+        codes = codes.detach().cpu().numpy()
+    codes = np.asarray(codes)
+    if codes.ndim != 2:
+        raise ValueError(f"codes must be [rows, heads], got shape {list(codes.shape)}")
+    if codes.size and not np.issubdtype(codes.dtype, np.integer):
+        raise TypeError(f"codes must be integers, got {codes.dtype}")
+    codes = codes.astype(np.int64, copy=False)
+    if codes.size and (codes.min() < 0 or codes.max() >= codebook_size):
+        raise ValueError(f"codes must lie in [0, {codebook_size}), got [{codes.min()}, {codes.max()}]")
+    num_heads = codes.shape[1]
+    flat = (codes + np.arange(num_heads, dtype=np.int64) * codebook_size).reshape(-1)
+    return np.bincount(flat, minlength=num_heads * codebook_size).reshape(num_heads, codebook_size)
 
 
 def zipf_fit(counts: np.ndarray) -> tuple[float | None, float | None]:

@@ -78,14 +78,6 @@ def soft_assignments(distances: torch.Tensor, temperature: float = 1.0) -> torch
     return torch.softmax(-distances / temperature, dim=-1)
 
 
-def code_histogram(codes: torch.Tensor, codebook_size: int) -> torch.Tensor:
-    """Hard counts [H, K] of codes [B, H]. For reporting only: bincount has no gradient."""
-    num_heads = codes.shape[1]
-    offsets = torch.arange(num_heads, device=codes.device) * codebook_size
-    flat = (codes.long() + offsets).reshape(-1)
-    return torch.bincount(flat, minlength=num_heads * codebook_size).reshape(num_heads, codebook_size)
-
-
 def usage_entropy(probs: torch.Tensor) -> torch.Tensor:
     """Entropy in nats [H] of each head's mean soft assignment; probs [B, H, K]."""
     p = probs.mean(0)

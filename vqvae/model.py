@@ -1,4 +1,4 @@
-"""MonolithWiki (the shipped architecture) and the legacy MonolithV13 layout."""
+"""MonolithWiki (the shipped architecture) and the legacy MonolithV13 layout (built by ``vqvae.registry``)."""
 
 from __future__ import annotations
 
@@ -114,16 +114,3 @@ class MonolithV13(MonolithWiki):
     @staticmethod
     def _make_decoder(c: ModelConfig) -> nn.Module:
         return nn.Sequential(nn.Linear(c.latent_dim, c.input_dim))
-
-
-ARCHITECTURES: dict[str, type[MonolithWiki]] = {"MonolithWiki": MonolithWiki, "MonolithV13": MonolithV13}
-
-
-def build_model(config: ModelConfig) -> nn.Module:
-    """The model a config describes: the architecture for product_vq, else the bottleneck's class
-    (``vqvae.bottlenecks``). Every one has ``forward`` → dict, ``encode_latent`` and ``reconstruct``."""
-    if config.bottleneck == "product_vq":
-        return ARCHITECTURES[config.architecture](config)
-    from vqvae.bottlenecks import BOTTLENECK_MODELS
-
-    return BOTTLENECK_MODELS[config.bottleneck](config)

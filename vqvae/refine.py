@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqvae.config import EncodeConfig
-from vqvae.search import CodeDecoder
+from vqvae.decoding import CodeDecoder
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ Two interchangeable ADC kernels score the rows:
   four) and finds the top-k with a sampled threshold instead of a full ``argpartition``.
 
 Optionally the top ``candidates`` rows are re-ranked by the exact cosine between the query
-embedding and the decoder's reconstruction of each candidate (:class:`CodeDecoder`).
+embedding and the decoder's reconstruction of each candidate (``vqvae.decoding.CodeDecoder``).
 
 :class:`CodeIndex` stores codes densely in one uint8 [capacity, H] array addressed by row
 (4 bytes per vector, nothing per item in Python). Deletion swaps the last row into the hole,
@@ -25,7 +25,6 @@ maps its own ids to rows and applies the same moves, which :func:`swap_remove_pl
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,10 +32,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-
-log = logging.getLogger(__name__)
 
 Backend = Literal["numpy", "faiss"]
 BACKENDS: tuple[Backend, ...] = ("faiss", "numpy")
@@ -117,92 +113,41 @@ def smallest_k(values: np.ndarray, k: int) -> np.ndarray:
     return idx[np.argsort(values[idx], kind="stable")].astype(np.int64, copy=False)
 
 
-class CodeDecoder:
-    """Codes → unit-length reconstructions, with the decoder's first layer precomputed.
+def rerank_by_cosine(
+    queries: np.ndarray, candidates: np.ndarray, k: int, reconstruct: Callable[[np.ndarray], np.ndarray]
+) -> SearchResult:
+    """The re-ranking step, defined once: each query's candidate rows, best k by exact cosine.
 
-    The decoder's first layer is linear in z_q, and z_q is a concatenation of codebook rows,
-    so ``W z_q = Σ_h W_h c_h``: a table of H×K×hidden products replaces ~55% of the decoder's
-    multiply-adds during re-ranking. The shortcut is checked against ``model.decode`` at
-    construction and dropped (with a warning) if the architecture does not fit it.
+    ``candidates`` int [Q, C] holds row numbers (-1 where there is none); ``reconstruct(rows)``
+    returns the reconstructions [len(rows), d] of a 1-D array of rows, at any scale (they are
+    normalised here, as are the queries). Scores are the cosines; rows past the valid candidates
+    are -1 with score -inf. Work is done in blocks of about 65 536 candidates.
     """
-
-    def __init__(self, model: nn.Module, chunk: int = 8192) -> None:
-        self.model = model
-        self.chunk = chunk
-        self._table: torch.Tensor | None = None
-        self._rest: nn.Module | None = None
-        self._normalize = bool(getattr(model.config, "normalize_output", True))
-        decoder = getattr(model, "decoder", None)
-        if isinstance(decoder, nn.Sequential) and len(decoder) and isinstance(decoder[0], nn.Linear):
-            was_training = model.training
-            model.eval()  # the check below compares outputs: no dropout
-            try:
-                self._build(decoder)
-            finally:
-                model.train(was_training)
-
-    @torch.inference_mode()
-    def _build(self, decoder: nn.Sequential) -> None:
-        cb = self.model.quantizer.codebooks.detach().float()  # [H, K, D]
-        h, k, d = cb.shape
-        first: nn.Linear = decoder[0]
-        w = first.weight.detach().float()
-        if first.in_features == d:  # residual stages: every code spans the whole latent, z_q = Σ codes
-            table = torch.einsum("hkd,od->hko", cb, w).contiguous()  # [H, K, out]
-        else:  # product heads: each code fills its own slice of the latent
-            table = torch.einsum("hkd,ohd->hko", cb, w.reshape(first.out_features, h, d)).contiguous()
-        if first.bias is not None:
-            table[0] += first.bias.detach().float()
-        # Flat [H·K, out] so that one embedding_bag(sum) gathers and adds the H rows (~10x
-        # faster than fancy indexing followed by a sum).
-        self._table, self._rest = table.reshape(h * k, -1), decoder[1:]
-        self._offsets = torch.arange(h) * k
-        probe = torch.randint(0, k, (64, h), generator=torch.Generator().manual_seed(0))
-        fast = self._decode_fast(probe)
-        ref = self.model.decode(probe).float()
-        if not self._normalize:
-            fast, ref = F.normalize(fast, dim=-1), F.normalize(ref, dim=-1)
-        err = (fast - ref).abs().max().item()
-        if err > 1e-4:
-            log.warning("decoder shortcut differs from model.decode by %.2e; using model.decode", err)
-            self._table = self._rest = None
-
-    @property
-    def first_layer_table(self) -> torch.Tensor | None:
-        """[H, K, hidden]: each code's term of the decoder's first layer (the bias inside head 0's
-        terms), so the first layer of codes c is Σ_h table[h, c_h]; None without the shortcut."""
-        if self._table is None:
-            return None
-        h = len(self._offsets)
-        return self._table.reshape(h, -1, self._table.shape[-1])
-
-    def finish(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The decoder after its first layer, on first-layer outputs [..., hidden]."""
-        assert self._rest is not None
-        out = self._rest(hidden)
-        return F.normalize(out, dim=-1) if self._normalize else out
-
-    def _decode_fast(self, codes: torch.Tensor) -> torch.Tensor:
-        assert self._table is not None
-        return self.finish(F.embedding_bag(codes + self._offsets, self._table, mode="sum"))
-
-    @torch.inference_mode()
-    def __call__(self, codes: np.ndarray) -> np.ndarray:
-        """uint8/int [N, H] → float32 [N, input_dim], unit length."""
-        c = torch.from_numpy(np.asarray(codes, dtype=np.int64))
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            parts = []
-            for i in range(0, len(c), self.chunk):
-                part = c[i : i + self.chunk]
-                x = self._decode_fast(part) if self._table is not None else self.model.decode(part).float()
-                parts.append(F.normalize(x, dim=-1))
-        finally:
-            self.model.train(was_training)
-        if not parts:
-            return np.zeros((0, 0), dtype=np.float32)
-        return torch.cat(parts).numpy()
+    x = np.asarray(queries, dtype=np.float32)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    cand = np.asarray(candidates, dtype=np.int64)
+    q, c = cand.shape
+    if len(x) != q:
+        raise ValueError(f"{len(x)} queries for {q} candidate lists")
+    rows = np.full((q, k), -1, dtype=np.int64)
+    scores = np.full((q, k), -np.inf, dtype=np.float32)
+    step = max(1, 65536 // max(c, 1))  # bound the reconstructions held at once
+    valid = cand >= 0
+    for s in range(0, q, step):
+        blk, ok = cand[s : s + step], valid[s : s + step]
+        if not ok.any():
+            continue
+        recon = np.asarray(reconstruct(blk[ok]), dtype=np.float32)
+        recon = recon / np.maximum(np.linalg.norm(recon, axis=1, keepdims=True), 1e-12)
+        sims = np.full(blk.shape, -np.inf, dtype=np.float32)
+        sims[ok] = np.einsum("nd,nd->n", recon, x[s : s + step][np.nonzero(ok)[0]])
+        order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        top_rows = np.take_along_axis(blk, order, axis=1)
+        top_sims = np.take_along_axis(sims, order, axis=1)
+        kk = top_rows.shape[1]
+        rows[s : s + step, :kk] = np.where(np.isfinite(top_sims), top_rows, -1)
+        scores[s : s + step, :kk] = top_sims
+    return SearchResult(rows=rows, scores=scores, metric=METRIC_COSINE)
 
 
 class CodeIndex:
@@ -301,18 +246,23 @@ class CodeIndex:
             raise ValueError(f"{len(r)} rows but {len(c)} code rows")
         self._codes[r] = c
 
-    def remove(self, rows: np.ndarray | Sequence[int]) -> list[tuple[int, int]]:
-        """Delete rows by moving the last row into each hole; returns the moves applied."""
-        moves = swap_remove_plan(self._n, self._rows(rows))
-        removed = len(np.unique(np.asarray(rows)))
+    def remove(
+        self, rows: np.ndarray | Sequence[int], moves: list[tuple[int, int]] | None = None
+    ) -> list[tuple[int, int]]:
+        """Delete rows by moving the last row into each hole; returns the moves applied.
+
+        ``moves``: ``swap_remove_plan(len(self), rows)`` when the caller has already computed it
+        to move its own records the same way (``service.collections`` writes it to SQLite first),
+        so the plan is computed once and both sides apply the same one.
+        """
+        r = np.unique(self._rows(rows))
+        if moves is None:
+            moves = swap_remove_plan(self._n, r)
+        removed = len(r)
         for src, dst in moves:
             self._codes[dst] = self._codes[src]
         self._n -= removed
         return moves
-
-    def clear(self) -> None:
-        self._codes = np.zeros((0, self.num_heads), dtype=np.uint8)
-        self._n = 0
 
     def _rows(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
         r = np.asarray(rows, dtype=np.int64).reshape(-1)
@@ -427,29 +377,11 @@ class CodeIndex:
         return np.where(rows >= 0, scores, -np.inf).astype(np.float32)
 
     def _rerank(self, x: np.ndarray, cand: np.ndarray, k: int, decoder: Decoder) -> SearchResult:
-        q, c = cand.shape
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        rows = np.full((q, k), -1, dtype=np.int64)
-        scores = np.full((q, k), -np.inf, dtype=np.float32)
-        step = max(1, 65536 // c)  # bound the decoded rows held at once
-        valid = cand >= 0
-        for s in range(0, q, step):
-            blk, ok = cand[s : s + step], valid[s : s + step]
-            if not ok.any():
-                continue
-            uniq, inverse = self._distinct(self._codes[blk[ok]])
-            recon = np.asarray(decoder(uniq), dtype=np.float32)
-            recon = recon / np.maximum(np.linalg.norm(recon, axis=1, keepdims=True), 1e-12)
-            sims = np.full(blk.shape, -np.inf, dtype=np.float32)
-            qi = np.nonzero(ok)[0]
-            sims[ok] = np.einsum("nd,nd->n", recon[inverse], x[s : s + step][qi])
-            order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-            top_rows = np.take_along_axis(blk, order, axis=1)
-            top_sims = np.take_along_axis(sims, order, axis=1)
-            kk = top_rows.shape[1]
-            rows[s : s + step, :kk] = np.where(np.isfinite(top_sims), top_rows, -1)
-            scores[s : s + step, :kk] = top_sims
-        return SearchResult(rows=rows, scores=scores, metric=METRIC_COSINE)
+        def reconstruct(rows: np.ndarray) -> np.ndarray:
+            uniq, inverse = self._distinct(self._codes[rows])  # each distinct code decoded once
+            return np.asarray(decoder(uniq), dtype=np.float32)[inverse]
+
+        return rerank_by_cosine(x, cand, k, reconstruct)
 
     def _distinct(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Distinct code rows and the inverse map, so each distinct code is decoded once."""

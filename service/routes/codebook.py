@@ -11,13 +11,15 @@ import logging
 
 import anyio.to_thread
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Query, Response
 
 from service.batcher import MicroBatcher
-from service.deps import ready_batcher
+from service.deps import Batcher, State
+from service.errors import NoReferenceCounts
 from service.plots import MEDIA_TYPES, PlotFormat, rank_frequency_plot
 from service.routes.codec import ERRORS
 from service.schemas import CodebookHealthResponse, HealthSource
+from service.state import ServiceState
 from vqvae.health import codebook_health
 
 log = logging.getLogger(__name__)
@@ -29,17 +31,14 @@ SourceQuery = Query(
 )
 
 
-def counts_for(request: Request, batcher: MicroBatcher, source: HealthSource) -> np.ndarray:
-    """Counts [H, K] for a source; 404 when the checkpoint stores no usable reference counts."""
+def counts_for(batcher: MicroBatcher, source: HealthSource) -> np.ndarray:
+    """Counts [H, K] for a source; ``NoReferenceCounts`` when the checkpoint stores no usable ones."""
     if source == "traffic":
         return batcher.snapshot_counts()
     cfg = batcher.monolith.config
     raw = batcher.monolith.metadata.get("reference_counts")
     if raw is None:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND,
-            detail="this checkpoint stores no reference_counts; use ?source=traffic",
-        )
+        raise NoReferenceCounts("this checkpoint stores no reference_counts; use ?source=traffic")
     try:
         counts = np.asarray(raw, dtype=np.int64)
     except (TypeError, ValueError, OverflowError):
@@ -47,10 +46,9 @@ def counts_for(request: Request, batcher: MicroBatcher, source: HealthSource) ->
     if counts.shape != (cfg.num_heads, cfg.codebook_size) or (counts < 0).any():
         log.warning("checkpoint reference_counts have shape %s, expected %s",
                     list(counts.shape), [cfg.num_heads, cfg.codebook_size])
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND,
-            detail=f"this checkpoint's reference_counts are not non-negative counts of shape "
-            f"[{cfg.num_heads}, {cfg.codebook_size}]; use ?source=traffic",
+        raise NoReferenceCounts(
+            f"this checkpoint's reference_counts are not non-negative counts of shape "
+            f"[{cfg.num_heads}, {cfg.codebook_size}]; use ?source=traffic"
         )
     return counts
 
@@ -61,29 +59,23 @@ def counts_for(request: Request, batcher: MicroBatcher, source: HealthSource) ->
     responses={401: ERRORS[401], 404: {"description": "No reference counts in the checkpoint"}, 503: ERRORS[503]},
     summary="Codebook usage statistics and status",
 )
-async def health(
-    request: Request,
-    source: HealthSource = SourceQuery,
-    batcher: MicroBatcher = Depends(ready_batcher),
-) -> CodebookHealthResponse:
-    counts = counts_for(request, batcher, source)
-    stats = codebook_health(counts)
+async def health(batcher: Batcher, source: HealthSource = SourceQuery) -> CodebookHealthResponse:
+    stats = codebook_health(counts_for(batcher, source))
     return CodebookHealthResponse(**stats.model_dump(), source=source)
 
 
-async def _plot(request: Request, batcher: MicroBatcher, source: HealthSource, fmt: PlotFormat) -> Response:
-    counts = counts_for(request, batcher, source)
-    cache: dict[str, bytes] = request.app.state.plot_cache
+async def _plot(state: ServiceState, batcher: MicroBatcher, source: HealthSource, fmt: PlotFormat) -> Response:
+    counts = counts_for(batcher, source)
     key = f"{source}.{fmt}"
-    if source == "reference" and key in cache:
-        return Response(cache[key], media_type=MEDIA_TYPES[fmt])
+    if source == "reference" and key in state.plot_cache:
+        return Response(state.plot_cache[key], media_type=MEDIA_TYPES[fmt])
     stats = codebook_health(counts)
-    ref = request.app.state.model_ref
+    ref = state.model_ref
     vectors = stats.heads[0].total if stats.heads else 0
     title = f"Code rank–frequency per head: {source} counts of {vectors} vectors, {ref.name} {ref.version}"
     image = await anyio.to_thread.run_sync(rank_frequency_plot, counts, stats, fmt, title)
     if source == "reference":  # fixed for the life of the process: render once
-        cache[key] = image
+        state.plot_cache[key] = image
     return Response(image, media_type=MEDIA_TYPES[fmt])
 
 
@@ -93,10 +85,8 @@ async def _plot(request: Request, batcher: MicroBatcher, source: HealthSource, f
     responses={200: {"content": {"image/svg+xml": {}}}, 401: ERRORS[401], 503: ERRORS[503]},
     summary="Rank–frequency plot (SVG)",
 )
-async def health_svg(
-    request: Request, source: HealthSource = SourceQuery, batcher: MicroBatcher = Depends(ready_batcher)
-) -> Response:
-    return await _plot(request, batcher, source, "svg")
+async def health_svg(state: State, batcher: Batcher, source: HealthSource = SourceQuery) -> Response:
+    return await _plot(state, batcher, source, "svg")
 
 
 @router.get(
@@ -105,7 +95,5 @@ async def health_svg(
     responses={200: {"content": {"image/png": {}}}, 401: ERRORS[401], 503: ERRORS[503]},
     summary="Rank–frequency plot (PNG)",
 )
-async def health_png(
-    request: Request, source: HealthSource = SourceQuery, batcher: MicroBatcher = Depends(ready_batcher)
-) -> Response:
-    return await _plot(request, batcher, source, "png")
+async def health_png(state: State, batcher: Batcher, source: HealthSource = SourceQuery) -> Response:
+    return await _plot(state, batcher, source, "png")

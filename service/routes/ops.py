@@ -5,10 +5,11 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request, Response, status
+from fastapi import APIRouter, Depends, Response, status
 from fastapi.responses import JSONResponse
 
 from service.auth import require_api_key
+from service.deps import State
 from service.schemas import ErrorResponse, Liveness, Readiness
 from vqvae.health import codebook_health
 
@@ -27,10 +28,9 @@ async def healthz() -> Liveness:
     responses={503: {"model": ErrorResponse, "description": "Model still loading, or failed to load"}},
     summary="The model (and text model, if enabled) is loaded",
 )
-async def readyz(request: Request) -> Readiness | JSONResponse:
-    state = request.app.state
+async def readyz(state: State) -> Readiness | JSONResponse:
     if state.ready:
-        return Readiness(model=state.model_ref, text_model=state.embedder is not None)
+        return Readiness(model=state.model_ref, text_model=state.batcher.embedder is not None)
     if state.load_error:
         detail = f"the model failed to load: {state.load_error}"
     else:
@@ -40,8 +40,7 @@ async def readyz(request: Request) -> Readiness | JSONResponse:
 
 
 @protected.get("/metrics", response_class=Response, summary="Prometheus metrics")
-async def metrics(request: Request) -> Response:
-    state = request.app.state
+async def metrics(state: State) -> Response:
     if state.ready:
         # Code-usage gauges are refreshed at scrape time from the traffic counts.
         state.metrics.set_codebook(codebook_health(state.batcher.snapshot_counts()))

@@ -1,5 +1,5 @@
-"""The client's retry policy and error type, against scripted answers (no server needed),
-and the CLI's flag/env precedence. The client against the real server is in test_server.py."""
+"""The client's retry policy and error type, against scripted answers (no server needed).
+The client against the real server is in test_server.py."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from service import cli
 from service.client import AsyncMonolithClient, MonolithClient, MonolithError
 
 
@@ -113,32 +111,6 @@ def test_unreachable_server_is_a_monolith_error() -> None:
         with pytest.raises(MonolithError) as err:
             client.model()
     assert err.value.status is None and "cannot reach" in str(err.value)
-
-
-def test_cli_flags_override_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    captured: dict = {}
-
-    def fake_run(app, **kwargs) -> None:  # uvicorn.run: record instead of serving
-        captured["settings"] = app.state.settings
-        captured.update(kwargs)
-
-    monkeypatch.setattr(cli.uvicorn, "run", fake_run)
-    monkeypatch.setenv("MONOLITH_PORT", "9001")
-    monkeypatch.setenv("MONOLITH_MAX_BATCH", "77")
-    monkeypatch.setenv("MONOLITH_API_KEY", "from-env")
-    result = CliRunner().invoke(cli.cli, ["--port", "9002", "--no-text-model", "--batch-wait-ms", "0"])
-    assert result.exit_code == 0, result.output
-    settings = captured["settings"]
-    assert captured["port"] == 9002 and settings.port == 9002
-    assert settings.max_batch == 77 and settings.api_key == "from-env"
-    assert settings.load_text_model is False and settings.batch_wait_ms == 0
-
-
-def test_cli_rejects_invalid_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cli.uvicorn, "run", lambda *a, **k: pytest.fail("must not start"))
-    result = CliRunner().invoke(cli.cli, ["--port", "70000"])
-    assert result.exit_code != 0
-    assert "port" in result.output
 
 
 def test_error_detail_text_for_validation_lists() -> None:

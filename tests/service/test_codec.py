@@ -87,7 +87,7 @@ def test_model_card_comes_from_the_checkpoint(client: TestClient, monolith: Mono
     assert card["provenance"] == monolith.metadata.get("provenance", {})
     assert card["metrics"] == monolith.metadata.get("metrics", {})
     assert card["has_reference_counts"] == ("reference_counts" in monolith.metadata)
-    settings = client.app.state.settings
+    settings = client.app.state.service.settings
     assert card["limits"]["max_batch"] == settings.max_batch
     assert card["text_model"] is None  # this app runs without the text model
 

@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import anyio
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -252,34 +251,40 @@ def test_broken_checkpoint_keeps_readyz_503(make_client: AppFactory, tmp_path: P
     assert "failed to load" in resp.json()["detail"]
 
 
-def test_503_while_loading_then_ready(monolith: Monolith, tmp_path: Path) -> None:
-    """Start-up hooks run before readiness; until they finish, model routes answer 503."""
+def test_503_while_loading_then_ready(monolith: Monolith, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Start-up opens the collections before readiness; until it finishes, model routes answer 503."""
+    import service.app as app_module
+
     release = threading.Event()
     calls: list[object] = []
+    open_store = app_module.open_store
 
-    async def slow_hook(app) -> None:
-        calls.append(app)
-        await anyio.to_thread.run_sync(release.wait)
+    def slow_open_store(settings: Settings, model: Monolith):
+        calls.append(model)
+        release.wait(30)
+        return open_store(settings, model)
 
+    monkeypatch.setattr(app_module, "open_store", slow_open_store)
     app = create_app(Settings(data_dir=tmp_path, load_text_model=False), monolith=monolith)
-    app.state.on_model_loaded.append(slow_hook)
     with TestClient(app) as client:
-        resp = client.get("/readyz")
-        assert resp.status_code == 503
-        assert "loading" in resp.json()["detail"]
-        assert resp.headers["retry-after"]
-        resp = client.post("/encode", json={"embeddings": [ROW]})
-        assert resp.status_code == 503
-        assert resp.headers["retry-after"]
-        release.set()
+        try:
+            resp = client.get("/readyz")
+            assert resp.status_code == 503
+            assert "loading" in resp.json()["detail"]
+            assert resp.headers["retry-after"]
+            resp = client.post("/encode", json={"embeddings": [ROW]})
+            assert resp.status_code == 503
+            assert resp.headers["retry-after"]
+        finally:
+            release.set()
         assert wait_ready(client).status_code == 200
-        assert calls == [app]
+        assert calls == [monolith]
         assert client.post("/encode", json={"embeddings": [ROW]}).status_code == 200
 
 
 def test_full_queue_is_503_with_retry_after(make_client: AppFactory) -> None:
     client = make_client(queue_limit=1)
-    batcher = client.app.state.batcher
+    batcher = client.app.state.service.batcher
     release = threading.Event()
     blocker = batcher.executor.submit(release.wait)  # the model worker is busy
     first: dict[str, int] = {}
@@ -331,3 +336,20 @@ def test_limits_follow_the_loaded_checkpoint(make_client: AppFactory, tmp_path: 
     health = client.get("/codebook/health", params={"source": "reference"}).json()
     assert [h["used"] + h["dead"] for h in health["heads"]] == [16] * 4
     assert client.get("/codebook/health.svg", params={"source": "reference"}).status_code == 200
+
+
+# -- the table ---------------------------------------------------------------------------------
+
+
+def test_statuses_come_from_one_table() -> None:
+    """A subclass answers as its nearest listed base; anything unlisted is a 500."""
+    from service.collections.errors import CheckpointMismatch, CollectionCorrupt, ItemNotFound
+    from service.errors import STATUS, InvalidInput, TooManyRows, status_of
+    from service.npy import NpyError
+
+    assert status_of(NpyError("bad .npy")) == STATUS[InvalidInput] == 422
+    assert status_of(TooManyRows(6, 5)) == 413
+    assert status_of(ItemNotFound("docs", "a")) == 404
+    assert status_of(CheckpointMismatch("other checkpoint")) == 409
+    assert status_of(CollectionCorrupt("unreadable")) == 500
+    assert status_of(KeyError("a bug")) == 500

@@ -46,7 +46,7 @@ def test_traffic_health_counts_codes_served(client: TestClient, monolith: Monoli
                        for h in range(monolith.config.num_heads)])
     body = client.get("/codebook/health", params={"source": "traffic"}).json()
     assert body == {**codebook_health(counts).model_dump(), "source": "traffic"}
-    np.testing.assert_array_equal(client.app.state.traffic_counts, counts)
+    np.testing.assert_array_equal(client.app.state.service.batcher.traffic_counts, counts)
 
 
 def _npy(arr: np.ndarray) -> bytes:
@@ -116,10 +116,6 @@ def test_apps_have_separate_registries(make_client: AppFactory) -> None:
 
 
 def test_collections_router_is_mounted_behind_auth(monolith: Monolith, tmp_path) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("service.routes.collections") is None:
-        pytest.skip("collections are not written yet")
     app = create_app(Settings(data_dir=tmp_path, load_text_model=False, api_key="k"), monolith=monolith)
     with TestClient(app) as client:
         assert client.get("/collections").status_code == 401

@@ -88,6 +88,7 @@ def test_dockerfile_port_healthcheck_and_command() -> None:
 def test_entry_point_and_shipped_files_exist() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert project["project"]["scripts"]["monolith-serve"] == "service.cli:main"
+    assert project["project"]["scripts"]["monolith-collection"] == "service.collections.cli:main"
     assert (REPO / "service" / "__main__.py").is_file()
     assert any("checkpoints/*.safetensors" in p for p in project["tool"]["setuptools"]["package-data"]["vqvae"])
     assert (REPO / "vqvae" / "checkpoints" / "monolith-wiki.safetensors").is_file()

@@ -57,6 +57,8 @@ def test_each_bottleneck_trains_from_a_config_file(data, tmp_path, bottleneck):
     rows = [json.loads(line) for line in (out / "losses.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 10 and "reconstruction" in rows[-1]["losses"]
     assert (out / "plots" / "losses.png").is_file()
+    val = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in val] == [5, 10] and (out / "plots" / "validation.png").is_file()  # recall over steps
     if bottleneck in ("vae", "wasserstein"):
         assert {"vae": "kl", "wasserstein": "mmd"}[bottleneck] in rows[-1]["losses"]["kl"]
         with pytest.raises(CheckpointError, match="produces no codes"):

@@ -1,9 +1,10 @@
 import json
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import TINY, clustered_embeddings
+from tests.conftest import TINY, clustered_embeddings, real_embeddings
 from trainer.cli import app
 
 runner = CliRunner()
@@ -32,24 +33,47 @@ def test_resume_without_state_is_an_error(tmp_path):
     assert res.exit_code == 2 and "no training state" in res.output
 
 
-def test_eval_prints_report_with_baselines(tiny_checkpoint, tmp_path):
-    np.save(tmp_path / "train.npy", clustered_embeddings(3000, seed=1))
-    np.save(tmp_path / "db.npy", clustered_embeddings(600, seed=2))
+def test_eval_prints_a_fair_report_with_baselines(tiny_checkpoint, tmp_path):
+    """Real embeddings; every method ranked by cosine, fitted on the same vectors, timed alike."""
+    x = real_embeddings()
+    np.save(tmp_path / "train.npy", x[1::2])
+    np.save(tmp_path / "db.npy", x[0::2])
     out = tmp_path / "rows.json"
     res = runner.invoke(app, ["eval", str(tiny_checkpoint), "--train", str(tmp_path / "train.npy"),
-                              "--set", f"toy={tmp_path / 'db.npy'}", "--baselines", "PQ4x8,OPQ4,PQ4",
-                              "--json-out", str(out)])
+                              "--data", f"real={tmp_path / 'db.npy'}", "--n-queries", "100",
+                              "--baselines", "PQ4x8", "--baselines", "PQ8x4", "--json-out", str(out)])
     assert res.exit_code == 0, res.output
     rows = json.loads(out.read_text())
-    assert [r["method"] for r in rows] == ["monolith", "PQ4x8", "OPQ4,PQ4"]
-    assert all(0 <= r["recall_10@10"] <= 1 for r in rows)
+    assert [r["method"] for r in rows] == ["monolith", "PQ4x8", "PQ8x4"]
+    assert [r["bytes_per_vector"] for r in rows] == [4, 4, 4]
+    assert [r["train_vectors"] for r in rows] == [None, 512, 512]  # the tiny checkpoint states none
+    assert {(r["n_db"], r["n_queries"], r["ranking"]) for r in rows} == {(412, 100, "cosine")}
+    for r in rows:
+        assert 0 <= r["recall_10@10"] <= r["recall_10@100"] <= 1 and 0 <= r["ip_recall_10@10"] <= 1
+        assert r["reference"] == "monolith" and r["encode_per_s"] > 0 and r["threads"] >= 1
+    assert rows[0]["diff_recall_10@10"] == 0 and rows[0]["diff_se_recall_10@10"] == 0
+    for r in rows[1:]:
+        assert r["diff_recall_10@10"] == pytest.approx(r["recall_10@10"] - rows[0]["recall_10@10"])
+        assert r["diff_se_recall_10@10"] > 0
+    assert rows[1]["codes_used"] > 0 and rows[2].get("codes_used") is None  # 4-bit codes: no per-head usage
+    table = res.stdout
+    for column in ("bytes", "fit on", "Δ 10@10 ± SE", "10@10 IP", "encode/s", "PQ8x4", "reference"):
+        assert column in table
+    assert "baselines: 512" in table and "paired standard error" in table
 
 
-def test_eval_rejects_unknown_baseline_and_bad_set(tiny_checkpoint, embeddings_file):
+def test_eval_without_baselines(tiny_checkpoint, embeddings_file):
     res = runner.invoke(app, ["eval", str(tiny_checkpoint), "--train", str(embeddings_file),
-                              "--set", f"a={embeddings_file}", "--baselines", "XQ9"])
+                              "--data", f"a={embeddings_file}", "--baselines", "none", "--n-queries", "50"])
+    assert res.exit_code == 0, res.output
+    assert "monolith" in res.stdout and "PQ" not in res.stdout
+
+
+def test_eval_rejects_unknown_baseline_and_bad_data(tiny_checkpoint, embeddings_file):
+    res = runner.invoke(app, ["eval", str(tiny_checkpoint), "--train", str(embeddings_file),
+                              "--data", f"a={embeddings_file}", "--baselines", "XQ9"])
     assert res.exit_code == 2 and "unknown baseline" in res.output
-    res = runner.invoke(app, ["eval", str(tiny_checkpoint), "--train", str(embeddings_file), "--set", "nofile"])
+    res = runner.invoke(app, ["eval", str(tiny_checkpoint), "--train", str(embeddings_file), "--data", "nofile"])
     assert res.exit_code == 2 and "NAME=DB.npy" in res.output
 
 
@@ -60,7 +84,7 @@ def test_eval_judges_several_named_checkpoints_on_joined_files(tiny_checkpoint, 
     out = tmp_path / "rows.json"
     res = runner.invoke(app, ["eval", f"one={tiny_checkpoint}", f"two={tiny_checkpoint}",
                               "--train", str(tmp_path / "train.npy"),
-                              "--set", f"ab={tmp_path / 'a.npy'}+{tmp_path / 'b.npy'}", "--baselines", "PQ4x8",
+                              "--data", f"ab={tmp_path / 'a.npy'}+{tmp_path / 'b.npy'}", "--baselines", "PQ4x8",
                               "--n-queries", "100", "--json-out", str(out)])
     assert res.exit_code == 0, res.output
     rows = json.loads(out.read_text())
@@ -68,7 +92,7 @@ def test_eval_judges_several_named_checkpoints_on_joined_files(tiny_checkpoint, 
     assert {(r["n_db"], r["n_queries"]) for r in rows} == {(500, 100)}  # 600 rows joined, 100 query the rest
     assert rows[0]["recall_10@10"] == rows[1]["recall_10@10"]  # the same checkpoint twice
     res = runner.invoke(app, ["eval", f"x={tiny_checkpoint}", f"x={tiny_checkpoint}", "--train",
-                              str(tmp_path / "train.npy"), "--set", f"a={tmp_path / 'a.npy'}"])
+                              str(tmp_path / "train.npy"), "--data", f"a={tmp_path / 'a.npy'}"])
     assert res.exit_code == 2 and "both called 'x'" in res.output
 
 
@@ -89,7 +113,7 @@ def test_eval_nearest_adds_a_row_for_refining_checkpoints(tmp_path):
     np.save(tmp_path / "db.npy", clustered_embeddings(500, seed=2))
     out = tmp_path / "rows.json"
     res = runner.invoke(app, ["eval", str(ckpt), "--train", str(tmp_path / "train.npy"), "--nearest",
-                              "--set", f"a={tmp_path / 'db.npy'}", "--baselines", "PQ4x8", "--json-out", str(out)])
+                              "--data", f"a={tmp_path / 'db.npy'}", "--baselines", "PQ4x8", "--json-out", str(out)])
     assert res.exit_code == 0, res.output
     assert [r["method"] for r in json.loads(out.read_text())] == ["monolith", "monolith (nearest)", "PQ4x8"]
 
@@ -99,11 +123,15 @@ def test_eval_record_writes_the_report_into_the_checkpoint(tiny_checkpoint, tmp_
 
     np.save(tmp_path / "train.npy", clustered_embeddings(2000, seed=1))
     np.save(tmp_path / "db.npy", clustered_embeddings(500, seed=2))
-    args = ["--train", str(tmp_path / "train.npy"), "--set", f"a={tmp_path / 'db.npy'}", "--baselines", "PQ4x8"]
+    args = ["--train", str(tmp_path / "train.npy"), "--data", f"a={tmp_path / 'db.npy'}", "--baselines", "PQ4x8"]
     res = runner.invoke(app, ["eval", str(tiny_checkpoint), *args, "--record"])
     assert res.exit_code == 0, res.output
-    report = read_metadata(tiny_checkpoint)["metrics"]["eval_report"]
+    metrics = read_metadata(tiny_checkpoint)["metrics"]
+    report = metrics["eval_report"]
     assert [r["method"] for r in report] == ["monolith", "PQ4x8"]
+    assert metrics["eval_baselines"] == ["PQ4x8"] and metrics["eval_train_vectors"] == 2000
+    assert metrics["eval_ranking"] == "cosine" and "diff_se_recall_10@10" in report[1]
+    json.dumps(metrics, allow_nan=False)  # the /model card serves it as strict JSON
     res = runner.invoke(app, ["eval", f"a={tiny_checkpoint}", f"b={tiny_checkpoint}", *args, "--record"])
     assert res.exit_code == 2 and "exactly one" in res.output
 
@@ -126,3 +154,41 @@ def test_train_reports_missing_validation_data(tmp_path):
                              "out_dir": str(tmp_path / "run")}))
     res = runner.invoke(app, ["train", str(p)])
     assert res.exit_code == 2 and "nope.npy" in res.output
+
+
+def test_eval_takes_its_sets_by_data_and_set_only_means_a_config_override(tiny_checkpoint, embeddings_file):
+    res = runner.invoke(app, ["eval", str(tiny_checkpoint), "--train", str(embeddings_file),
+                              "--set", f"a={embeddings_file}"])
+    assert res.exit_code == 2 and "--set" in res.output  # no such option on eval
+    res = runner.invoke(app, ["eval", str(tiny_checkpoint), "--train", str(embeddings_file), "--data", "nofile"])
+    assert res.exit_code == 2 and "--data takes NAME=DB.npy" in res.stderr
+
+
+def test_train_set_overrides_a_config_field(tmp_path):
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"data": {"train": ["x.npy"]}}))
+    res = runner.invoke(app, ["train", str(p), "--set", "loss.cosine=-1"])
+    assert res.exit_code == 2 and "loss.cosine" in res.stderr
+    res = runner.invoke(app, ["train", str(p), "--set", "nokey"])
+    assert res.exit_code == 2 and "--set takes KEY.PATH=VALUE" in res.stderr
+
+
+def test_failures_are_one_error_line_on_stderr_and_exit_2(tmp_path):
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"data": {"train": ["x.npy"]}, "loss": {"cosine": -1, "cosin": 1}}))
+    for args in (["train", str(p)], ["embed", str(tmp_path / "none.txt"), str(tmp_path / "o.npy")],
+                 ["health", str(tmp_path / "no.safetensors"), "--data", str(tmp_path / "x.npy")]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 2, args
+        assert res.stdout == "" and isinstance(res.exception, SystemExit)  # typer.Exit(2), not a crash
+        lines = res.stderr.splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+        assert "Traceback" not in res.output
+    res = runner.invoke(app, ["train", str(p)])
+    assert "invalid config: loss.cosine" in res.stderr and "; loss.cosin" in res.stderr  # both fields, one line
+
+
+def test_results_go_to_stdout(tiny_checkpoint, embeddings_file):
+    res = runner.invoke(app, ["health", str(tiny_checkpoint), "--data", str(embeddings_file)])
+    assert res.exit_code == 0, res.output
+    assert "codebook health" in res.stdout and res.stderr == ""

@@ -17,6 +17,7 @@ def test_valid_yaml_and_json(tmp_path):
     cfg = load_config(p)
     assert cfg.loss.info_nce == 0.5 and cfg.model.num_heads == 4
     assert load_config(write(tmp_path, {"data": {"train": ["a.npy"]}})).optim.batch_size == 1024
+    assert load_config(write(tmp_path, {"data": {"train": ["a.npy"]}})).optim.lr_warmup_steps == 100
 
 
 @pytest.mark.parametrize(
@@ -28,6 +29,7 @@ def test_valid_yaml_and_json(tmp_path):
         ({"data": {"train": []}}, "data.train"),
         ({}, "data: Field required"),
         ({"data": {"train": ["a.npy"]}, "model": {"latent_dim": 510}}, "divisible"),
+        ({"data": {"train": ["a.npy"]}, "optim": {"lr_warmup_steps": -1}}, "optim.lr_warmup_steps: Input should be"),
     ],
 )
 def test_bad_configs_name_the_field(tmp_path, cfg, match):

@@ -3,16 +3,8 @@ import gzip
 import numpy as np
 import pytest
 
-from trainer.data import (
-    CorpusError,
-    build_corpus,
-    clean_unique,
-    debian_changelogs,
-    debian_synopses,
-    load_embeddings,
-    split_of,
-    wordnet_glosses,
-)
+from trainer.data import build_corpus, clean_unique, load_embeddings, split_of
+from trainer.sources import CorpusError, debian_changelogs, debian_synopses, wordnet_glosses
 
 
 def test_wordnet_parser_skips_licence(tmp_path):

@@ -54,3 +54,16 @@ def test_resume_is_exact(data, tmp_path):
     assert resumed.step == full.step
     for k, v in full.model.state_dict().items():
         assert torch.allclose(v, resumed.model.state_dict()[k], atol=1e-6), k
+
+
+def test_learning_rate_warmup_is_configured_by_optim_lr_warmup_steps(data, tmp_path):
+    optim = {"batch_size": 128, "epochs": 4, "warmup_steps": 8, "lr": 3e-3}
+    default = Trainer(config(data, tmp_path / "a", optim=optim), progress=False)
+    assert default.cfg.optim.lr_warmup_steps == 100  # the value that used to be hard-coded
+    assert default.lr_at(0) == pytest.approx(3e-3 / 100) and default.lr_at(99) == pytest.approx(3e-3)
+    short = Trainer(config(data, tmp_path / "b", optim={**optim, "lr_warmup_steps": 4}), progress=False)
+    assert [short.lr_at(s) for s in range(4)] == pytest.approx([3e-3 * (s + 1) / 4 for s in range(4)])
+    assert short.lr_at(4) == pytest.approx(3e-3)  # the cosine decay starts at the top
+    assert short.lr_at(short.total_steps) == pytest.approx(3e-3 * short.cfg.optim.lr_min_ratio)
+    none = Trainer(config(data, tmp_path / "c", optim={**optim, "lr_warmup_steps": 0}), progress=False)
+    assert none.lr_at(0) == pytest.approx(3e-3)

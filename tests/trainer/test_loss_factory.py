@@ -52,8 +52,8 @@ def test_every_product_vq_term_when_switched_on():
                            "head_balance", "entropy", "load_balance"]
     assert suite["load_balance"].weight == 0.5 and suite["load_balance"].kind == "regulariser"
     assert suite["codebook"].kind == "quantizer" and suite["cosine"].kind == "reconstruction"
-    assert math.isclose(suite.total_weight, 1 + 1 + 1 + 0.1 + 0.1 + 1 + 1 + 1 + 1 + 0.5)
-    assert ("entropy", 1.0, "regulariser") in suite.describe()
+    assert math.isclose(sum(t.weight for t in suite.terms), 1 + 1 + 1 + 0.1 + 0.1 + 1 + 1 + 1 + 1 + 0.5)
+    assert suite["entropy"].weight == 1.0 and suite["entropy"].kind == "regulariser"
 
 
 def test_default_divergence_weights_and_kinds():

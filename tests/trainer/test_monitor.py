@@ -68,10 +68,25 @@ def test_history_groups_by_kind_and_writes_json_lines(tmp_path):
     assert [r["step"] for r in h.rows] == [2] and len((tmp_path / "losses.jsonl").read_text().splitlines()) == 1
 
 
+def test_validation_history_is_plotted_and_trimmed_on_resume(tmp_path):
+    h = LossHistory(MonitorConfig(log_every=1), tmp_path, {"cosine": "reconstruction"})
+    for step, r in [(5, 0.2), (10, 0.4), (15, 0.3)]:
+        h.record_validation(step, {"recall_10@10": r, "recall_1@10": r + 0.3, "recall_10@100": r + 0.5,
+                                   "cosine": 0.5 + r})
+    lines = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["val"]["recall_10@10"]) for r in lines] == [(5, 0.2), (10, 0.4), (15, 0.3)]
+    paths = h.plot()  # no loss rows yet: the validation plot alone
+    assert [p.name for p in paths] == ["validation.png"] and paths[0].read_bytes().startswith(b"\x89PNG")
+    h.reload(up_to_step=10)  # resumed at step 10: the interrupted run's validation at 15 is dropped
+    assert [r["step"] for r in h.val_rows] == [5, 10]
+    assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 2
+
+
 def test_rank_other_than_zero_writes_nothing(tmp_path):
     h = LossHistory(MonitorConfig(log_every=1), tmp_path, {"cosine": "reconstruction"}, enabled=False)
     h.record(0, {"cosine": 1.0, "total": 1.0})
-    assert h.plot() == [] and not (tmp_path / "losses.jsonl").exists()
+    h.record_validation(1, {"recall_10@10": 0.5})
+    assert h.plot() == [] and not (tmp_path / "losses.jsonl").exists() and not (tmp_path / "history.jsonl").exists()
 
 
 @pytest.fixture

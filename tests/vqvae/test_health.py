@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
+import torch
 
-from vqvae.health import codebook_health, zipf_fit
+from vqvae.health import codebook_health, count_codes, zipf_fit
 
 
 def test_recovers_known_zipf_alpha():
@@ -35,3 +36,28 @@ def test_empty_and_bad_counts():
     assert codebook_health(np.zeros((4, 256))).status == "warning"
     with pytest.raises(ValueError, match="heads, codes"):
         codebook_health(np.zeros(256))
+
+
+def test_count_codes_numpy_and_torch_agree():
+    codes = np.array([[0, 1], [0, 3]], dtype=np.uint8)
+    expected = [[2, 0, 0, 0], [0, 1, 0, 1]]
+    for given in (codes, codes.astype(np.int32), torch.from_numpy(codes.astype(np.int64)), torch.tensor(codes)):
+        counts = count_codes(given, 4)
+        assert isinstance(counts, np.ndarray) and counts.dtype == np.int64
+        assert counts.tolist() == expected
+
+
+def test_count_codes_matches_per_head_bincount():
+    codes = np.random.default_rng(0).integers(0, 256, size=(1000, 4))
+    loop = np.stack([np.bincount(codes[:, h], minlength=256) for h in range(4)])
+    np.testing.assert_array_equal(count_codes(codes, 256), loop)
+    assert count_codes(np.zeros((0, 4), dtype=np.int64), 256).shape == (4, 256)
+
+
+def test_count_codes_rejects_bad_input():
+    with pytest.raises(ValueError):
+        count_codes(np.array([[0, 4]]), 4)
+    with pytest.raises(ValueError):
+        count_codes(np.array([-1, 0]), 4)
+    with pytest.raises(TypeError):
+        count_codes(np.array([[0.5, 1.0]]), 4)

@@ -59,12 +59,6 @@ def test_entropy_loss_has_gradient_through_soft_assignments():
     assert d.grad.abs().sum() > 0
 
 
-def test_code_histogram():
-    codes = torch.tensor([[0, 1], [0, 3]])
-    h = L.code_histogram(codes, 4)
-    assert h.tolist() == [[2, 0, 0, 0], [0, 1, 0, 1]]
-
-
 def test_info_nce_prefers_own_reconstruction():
     x = torch.eye(8)
     perfect = float(L.info_nce_loss(x, x, 0.07))

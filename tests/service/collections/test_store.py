@@ -12,15 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.store import (
-    CheckpointMismatch,
-    CollectionCorrupt,
-    CollectionNotFound,
-    InvalidName,
-    Store,
-    StoreModel,
-    validate_name,
-)
+from service.collections.collection import StoreModel
+from service.collections.errors import CheckpointMismatch, CollectionCorrupt, CollectionNotFound, InvalidName
+from service.collections.store import Store, validate_name
 
 H, K, D = 4, 256, 8
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.store import Store, StoreModel
+from service.collections.collection import StoreModel
+from service.collections.store import Store
 from tests.service.conftest import AppFactory, unit_rows
 from vqvae.api import Monolith
 
@@ -88,7 +89,7 @@ def test_upsert_get_search_delete_search(coll: TestClient, monolith: Monolith) -
     assert got == {"id": "doc7", "codes": codes[7].tolist(), "metadata": meta[7], "text": None}
 
     # ADC search equals the library: encoder latent vs every stored code, best first.
-    z = monolith.encode_latent(x[:3])
+    z = monolith.search_latent(x[:3])
     cb = monolith.model.quantizer.codebooks.detach().numpy()
     zq = np.concatenate([cb[h][codes[:, h]] for h in range(codes.shape[1])], axis=1)
     dist = ((z[:, None] - zq[None]) ** 2).sum(-1)
@@ -194,10 +195,10 @@ def test_too_many_items_or_queries_is_413(make_client: AppFactory) -> None:
 
 
 def test_oversized_search_answers_are_413(coll: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    import service.routes.collections as routes
+    import service.collections.checks as checks
 
-    monkeypatch.setattr(routes, "MAX_HITS", 100)
-    monkeypatch.setattr(routes, "MAX_RERANK_ROWS", 1000)
+    monkeypatch.setattr(checks, "MAX_HITS", 100)
+    monkeypatch.setattr(checks, "MAX_RERANK_ROWS", 1000)
     x = unit_rows(3, seed=8).tolist()
     assert coll.post("/collections/docs/search", json={"embeddings": x, "k": 34}).status_code == 413
     assert coll.post("/collections/docs/search", json={"embeddings": x, "k": 33}).status_code == 200

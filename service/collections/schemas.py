@@ -1,7 +1,7 @@
 """Pydantic v2 models of the collection routes' requests and answers.
 
 Limits that depend on the server (batch size, id length, metadata bytes, the model's input
-dimension) are checked in ``service.routes.collections`` against ``Settings`` and the loaded
+dimension) are checked in ``service.collections.routes`` against ``Settings`` and the loaded
 checkpoint, so the same request is judged the same way by every route.
 """
 

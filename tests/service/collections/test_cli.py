@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import service.collection_cli as cli
-from service.store import Store, StoreModel
+import service.collections.cli as cli
+from service.collections.collection import StoreModel
+from service.collections.store import Store
+from tests.service.collections.test_routes import FakeEmbedder
 from tests.service.conftest import AppFactory, unit_rows
-from tests.service.test_collections import FakeEmbedder
 from vqvae.api import Monolith
 
 runner = CliRunner()
@@ -93,7 +94,7 @@ def test_build_from_texts(tmp_path: Path, monolith: Monolith, monkeypatch: pytes
     assert item.text == "a dog ran" and item.codes == monolith.encode(fake.embed(["a dog ran"]))[0].tolist()
     texts.write_text("ok\n\nalso ok\n")
     code, out = run("build", "t2", "--texts", str(texts), "--data-dir", str(tmp_path / "data"))
-    assert code == 1 and "t.txt:2: empty line" in out
+    assert code == 2 and "t.txt:2: empty line" in out
 
 
 def test_clear_errors(files: dict[str, Path], tmp_path: Path) -> None:
@@ -126,6 +127,31 @@ def test_clear_errors(files: dict[str, Path], tmp_path: Path) -> None:
         assert code != 0, (args, out)
         assert fragment in " ".join(out.split()), (args, out)
     assert not list((tmp_path / "data" / "collections").glob("*.sqlite3")) or run("list", "--data-dir", data)[0] == 0
+
+
+def test_failures_are_one_line_on_stderr_with_status_2(files: dict[str, Path], tmp_path: Path) -> None:
+    """Like monolith-train: exit 2, ``error: <message>`` on stderr and nothing else; no traceback."""
+    data = str(tmp_path / "data")
+    for args in (["build", "docs", "--data-dir", data],
+                 ["build", "../etc", "--npy", str(files["npy"]), "--data-dir", data],
+                 ["search", "nope", "--text", "x", "--data-dir", data],
+                 ["delete", "nope", "--yes", "--data-dir", data]):
+        result = runner.invoke(cli.app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert result.stdout == "", args
+        *_, last = result.stderr.splitlines()  # progress bars may come first
+        assert last.startswith("error: ") and result.stderr.count("error") == 1, (args, result.stderr)
+        assert "Traceback" not in result.output
+
+
+def test_results_go_to_stdout(files: dict[str, Path], tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    result = runner.invoke(cli.app, ["build", "docs", "--npy", str(files["npy"]), "--data-dir", data])
+    assert result.exit_code == 0 and "holds 40 items" in result.stdout and "holds" not in result.stderr
+    result = runner.invoke(cli.app, ["delete", "docs", "--data-dir", data], input="n\n")
+    assert result.exit_code == 2 and "not deleted" in result.stderr
+    result = runner.invoke(cli.app, ["delete", "docs", "--yes", "--data-dir", data])
+    assert result.exit_code == 0 and result.stdout == "deleted 'docs'\n"
 
 
 def test_list_shows_checkpoint_mismatch(tmp_path: Path, monolith: Monolith) -> None:

@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 import torch
 
-from tests.service.conftest import REPO, free_port, unit_rows
+from tests.service.conftest import REPO, free_port, served, unit_rows
 from vqvae.api import Monolith
 
 ROUNDS = 3
@@ -61,7 +61,7 @@ def confident(monolith: Monolith, x: np.ndarray, margin: float = 1e-4) -> np.nda
     """Rows whose code is unambiguous (best code per head beats the runner-up by ``margin``):
     a server in another process may sum in another order, so near-ties are not compared."""
     with torch.inference_mode():
-        d = monolith.model.quantizer.distances(torch.from_numpy(monolith.encode_latent(x))).numpy()
+        d = monolith.model.quantizer.distances(torch.from_numpy(monolith.search_latent(x))).numpy()
     two = np.sort(d, axis=-1)[:, :, :2]
     return ((two[:, :, 1] - two[:, :, 0]) > margin).all(axis=1)
 
@@ -88,7 +88,7 @@ def write_until_killed(url: str, proc: subprocess.Popen, ledger: Ledger, monolit
                 x = unit_rows(BATCH, seed=rnd * 100_000 + b)
                 ids = [f"r{rnd}-b{b}-i{i}" for i in range(BATCH)]
                 metas = [{"r": rnd, "b": b, "i": i} for i in range(BATCH)]
-                codes, sure = monolith.encode(x), confident(monolith, x)
+                codes, sure = served(monolith.encode, x), confident(monolith, x)
                 ledger.pending_upsert = {
                     item_id: (codes[j].tolist(), metas[j], bool(sure[j])) for j, item_id in enumerate(ids)
                 }

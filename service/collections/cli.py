@@ -20,7 +20,10 @@ from rich.console import Console
 from rich.table import Table
 from tqdm import tqdm
 
-from service.store import Collection, Store, StoreError, StoreModel
+from service.cli_errors import fail, user_errors
+from service.collections.collection import Collection, StoreModel
+from service.collections.errors import StoreError
+from service.collections.store import Store
 from vqvae.api import check_embeddings
 
 app = typer.Typer(
@@ -40,12 +43,12 @@ Checkpoint = Annotated[
 
 
 class CliError(Exception):
-    """A user error: printed as one line, exit status 1."""
+    """A mistake in the command line or its input files."""
 
 
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
-    return typer.Exit(1)
+# What a user can cause, and so sees as one line (``service.cli_errors``); OSError: unreadable
+# or unwritable paths.
+handled = user_errors(CliError, StoreError, ValueError, OSError)
 
 
 def _load_model(checkpoint: Path | None) -> Any:
@@ -126,6 +129,7 @@ def _open_collection(store: Store, name: str, description: str | None, recreate:
 
 
 @app.command()
+@handled
 def build(
     name: Annotated[str, typer.Argument(help="Collection name (A-Z a-z 0-9 _ . -)")],
     npy: Annotated[Path | None, typer.Option(help="float32 [N, 384] embeddings")] = None,
@@ -141,55 +145,58 @@ def build(
 ) -> None:
     """Encode embeddings (--npy) or texts (--texts) and upsert them into a collection."""
     if (npy is None) == (texts is None):
-        raise _fail("give exactly one of --npy or --texts")
+        fail("give exactly one of --npy or --texts")
+    monolith = _load_model(checkpoint)
+    vectors, lines = _read_items(npy, texts, monolith.config.input_dim)
+    n = len(vectors) if vectors is not None else len(lines or [])
+    item_ids = _read_ids(ids, n)
+    metas = _read_metadata(metadata, n)
+    store = Store(data_dir, StoreModel.from_monolith(monolith))
     try:
-        monolith = _load_model(checkpoint)
-        dim = monolith.config.input_dim
-        if npy is not None:
-            vectors: np.ndarray | None = _load_npy(npy, dim)
-            lines: list[str] | None = None
-            n = len(vectors)
-        else:
-            assert texts is not None
-            vectors, lines = None, _read_lines(texts, "texts")
-            for i, line in enumerate(lines, 1):
-                if not line.strip():
-                    raise CliError(f"{texts}:{i}: empty line; every line is one item")
-            n = len(lines)
-        if n == 0:
-            raise CliError("no items to add")
-        item_ids = _read_ids(ids, n)
-        metas = _read_metadata(metadata, n)
-        store = Store(data_dir, StoreModel.from_monolith(monolith))
         col = _open_collection(store, name, description, recreate)
         with tqdm(total=n, unit="item", desc=f"build {name}") as bar:
             for part in _batches(n, batch_size):
                 if vectors is not None:
-                    try:
-                        x = check_embeddings(np.array(vectors[part], dtype=np.float32), dim)
-                    except ValueError as exc:
-                        raise CliError(f"rows {part.start}..{part.stop - 1}: {exc}") from None
-                    payload = None
+                    x, payload = _checked_rows(vectors, part, monolith.config.input_dim), None
                 else:
                     assert lines is not None
-                    x = monolith.embed_text(lines[part])
-                    payload = lines[part] if store_text else None
+                    x, payload = monolith.embed_text(lines[part]), (lines[part] if store_text else None)
                 col.upsert(item_ids[part], monolith.encode(x), metas[part], payload)
                 bar.update(part.stop - part.start)
-        console.print(f"[green]done[/green]: {name!r} holds {len(col)} items in {col.path}")
+        typer.echo(f"done: {name!r} holds {len(col)} items in {col.path}")
+    finally:
         store.close()
-    except (CliError, StoreError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+
+
+def _read_items(npy: Path | None, texts: Path | None, dim: int) -> tuple[np.ndarray | None, list[str] | None]:
+    """Embeddings from --npy, or the lines of --texts; at least one item either way."""
+    if npy is not None:
+        vectors = _load_npy(npy, dim)
+        if len(vectors) == 0:
+            raise CliError("no items to add")
+        return vectors, None
+    assert texts is not None
+    lines = _read_lines(texts, "texts")
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            raise CliError(f"{texts}:{i}: empty line; every line is one item")
+    if not lines:
+        raise CliError("no items to add")
+    return None, lines
+
+
+def _checked_rows(vectors: np.ndarray, part: slice, dim: int) -> np.ndarray:
+    try:
+        return check_embeddings(np.array(vectors[part], dtype=np.float32), dim)
+    except ValueError as exc:
+        raise CliError(f"rows {part.start}..{part.stop - 1}: {exc}") from None
 
 
 @app.command("list")
+@handled
 def list_(data_dir: DataDir = Path("data"), checkpoint: Checkpoint = None) -> None:
     """Collections under --data-dir, and whether the checkpoint can serve each."""
-    try:
-        store = Store(data_dir, StoreModel.from_monolith(_load_model(checkpoint)))
-        infos = store.list()
-    except (CliError, StoreError) as exc:
-        raise _fail(str(exc)) from None
+    infos = Store(data_dir, StoreModel.from_monolith(_load_model(checkpoint))).list()
     table = Table("name", "status", "items", "checkpoint", "created", "size", "description")
     for info in infos:
         table.add_row(
@@ -200,10 +207,11 @@ def list_(data_dir: DataDir = Path("data"), checkpoint: Checkpoint = None) -> No
     Console().print(table)
     for info in infos:
         if info.error:
-            console.print(f"[yellow]{info.name}[/yellow]: {info.error}")
+            typer.echo(f"{info.name}: {info.error}")
 
 
 @app.command()
+@handled
 def delete(
     name: str,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask")] = False,
@@ -211,16 +219,14 @@ def delete(
     checkpoint: Checkpoint = None,
 ) -> None:
     """Delete a collection and its files."""
-    if not yes and not typer.confirm(f"delete collection {name!r} under {data_dir}?"):
-        raise typer.Exit(1)
-    try:
-        Store(data_dir, StoreModel.from_monolith(_load_model(checkpoint))).drop(name)
-    except (CliError, StoreError) as exc:
-        raise _fail(str(exc)) from None
-    console.print(f"deleted {name!r}")
+    if not yes and not typer.confirm(f"delete collection {name!r} under {data_dir}?", err=True):
+        fail(f"collection {name!r} not deleted (answer y, or pass --yes)")
+    Store(data_dir, StoreModel.from_monolith(_load_model(checkpoint))).drop(name)
+    typer.echo(f"deleted {name!r}")
 
 
 @app.command()
+@handled
 def search(
     name: str,
     text: Annotated[list[str] | None, typer.Option("--text", help="Query text (repeatable)")] = None,
@@ -234,15 +240,12 @@ def search(
 ) -> None:
     """Query a collection; prints JSON lines, one per query."""
     if (not text) == (npy is None):
-        raise _fail("give --text (one or more) or --npy")
-    try:
-        monolith = _load_model(checkpoint)
-        x = monolith.embed_text(text) if text else np.array(_load_npy(npy, monolith.config.input_dim), np.float32)
-        x = check_embeddings(x, monolith.config.input_dim)
-        col = Store(data_dir, StoreModel.from_monolith(monolith)).get(name)
-        hits, metric = col.search(monolith.encode_latent(x), x, k, candidates)
-    except (CliError, StoreError, ValueError) as exc:
-        raise _fail(str(exc)) from None
+        fail("give --text (one or more) or --npy")
+    monolith = _load_model(checkpoint)
+    dim = monolith.config.input_dim
+    col = Store(data_dir, StoreModel.from_monolith(monolith)).get(name)  # before the slow text model
+    x = check_embeddings(monolith.embed_text(text) if text else np.array(_load_npy(npy, dim), np.float32), dim)
+    hits, metric = col.search(monolith.search_latent(x), x, k, candidates)
     for row in hits:
         typer.echo(json.dumps({"metric": metric, "hits": [h.__dict__ for h in row]}, ensure_ascii=False))
 

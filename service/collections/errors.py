@@ -1,0 +1,32 @@
+"""What can go wrong with collections, as plain exceptions.
+
+They carry no HTTP status: the store serves the CLI as well as the server, and
+``service.errors`` maps each type to the status the server answers, in one table.
+"""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base of the collection errors."""
+
+
+class InvalidName(StoreError):
+    """A collection name outside the safe alphabet (names double as file names)."""
+
+
+class CollectionNotFound(StoreError):
+    pass
+
+
+class ItemNotFound(StoreError):
+    def __init__(self, collection: str, item_id: str) -> None:
+        super().__init__(f"item {item_id!r} not found in collection {collection!r}")
+
+
+class CheckpointMismatch(StoreError):
+    """The collection's codes were made by another checkpoint: they mean nothing to this one."""
+
+
+class CollectionCorrupt(StoreError):
+    """The file is not a collection this Monolith can read."""

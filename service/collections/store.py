@@ -1,0 +1,148 @@
+"""All collections under ``<data_dir>/collections``: named, created, listed, dropped, cached open.
+
+The server opens one ``Store`` at start-up (``service.app``) and the CLI opens its own on
+the same folder; ``Collection`` keeps the two consistent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import threading
+import uuid
+from pathlib import Path
+
+from service.collections import files
+from service.collections.collection import Collection, CollectionInfo, StoreModel
+from service.collections.errors import CheckpointMismatch, CollectionNotFound, InvalidName, StoreError
+from vqvae.search import DEFAULT_BACKEND, Backend
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def validate_name(name: str) -> str:
+    """A collection name doubles as a file name, so it is restricted to a safe alphabet."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise InvalidName(
+            f"invalid collection name {name!r}: use 1-64 characters from A-Z a-z 0-9 _ . -, "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+class Store:
+    """All collections under ``<data_dir>/collections``, opened lazily and cached."""
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        model: StoreModel,
+        synchronous: files.Synchronous = "FULL",
+        backend: Backend = DEFAULT_BACKEND,
+    ) -> None:
+        self.root = Path(data_dir) / "collections"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.model = model
+        self.synchronous = synchronous
+        self.backend = backend
+        self._open: dict[str, Collection] = {}
+        self._lock = threading.RLock()
+
+    def path(self, name: str) -> Path:
+        return self.root / f"{validate_name(name)}{files.SUFFIX}"
+
+    def names(self) -> list[str]:
+        suffix = files.SUFFIX
+        return sorted(p.name[: -len(suffix)] for p in self.root.glob(f"*{suffix}") if NAME_RE.fullmatch(p.stem))
+
+    def open_all(self) -> None:
+        """Open every collection now (start-up), logging those this checkpoint cannot serve."""
+        for name in self.names():
+            try:
+                self.get(name)
+            except StoreError as exc:
+                log.warning("collection %s not served: %s", name, exc)
+
+    def get(self, name: str) -> Collection:
+        path = self.path(name)
+        with self._lock:
+            col = self._open.get(name)
+            if col is not None:
+                try:
+                    col.sync()
+                    return col
+                except CollectionNotFound:
+                    col.close()
+                    del self._open[name]
+            col = Collection(name, path, self.model, self.synchronous, self.backend)
+            self._open[name] = col
+            return col
+
+    def create(self, name: str, description: str | None = None) -> tuple[Collection, bool]:
+        """Create a collection (atomically: built under a temp name, then hard-linked into
+        place, which fails if the name exists). Returns it and whether it is new."""
+        path = self.path(name)
+        with self._lock:
+            if path.exists():
+                col = self.get(name)
+                if description is not None and description != col.meta.get("description"):
+                    col.set_description(description)
+                return col, False
+            tmp = self.root / f".{name}.{uuid.uuid4().hex}.creating"
+            try:
+                files.create_file(tmp, self.model.file_meta(), self.model.num_heads, description)
+                try:
+                    os.link(tmp, path)
+                except FileExistsError:
+                    return self.get(name), False
+                files.fsync_dir(self.root)
+            finally:
+                files.remove_files(tmp)
+            log.info("collection %s created", name)
+            return self.get(name), True
+
+    def drop(self, name: str) -> None:
+        path = self.path(name)
+        with self._lock:
+            col = self._open.pop(name, None)
+            if col is not None:
+                col.close()
+            if not path.exists():
+                raise CollectionNotFound(f"collection {name!r} not found")
+            files.remove_files(path)
+            files.fsync_dir(self.root)
+            log.info("collection %s deleted", name)
+
+    def list(self) -> list[CollectionInfo]:
+        """Every collection on disk; those this checkpoint cannot serve say why instead of failing."""
+        out = []
+        for name in self.names():
+            try:
+                out.append(self.get(name).info())
+            except CheckpointMismatch as exc:
+                out.append(self._mismatch_info(name, exc))
+            except CollectionNotFound:
+                continue  # deleted while listing
+            except StoreError as exc:
+                out.append(CollectionInfo(name=name, status="error", error=str(exc)))
+        return out
+
+    def _mismatch_info(self, name: str, exc: CheckpointMismatch) -> CollectionInfo:
+        meta: dict[str, str] = {}
+        with contextlib.suppress(StoreError):
+            meta = files.read_meta(self.path(name))
+        return CollectionInfo(
+            name=name, status="checkpoint_mismatch", checkpoint_sha256=meta.get("checkpoint_sha256"),
+            created=meta.get("created"), description=meta.get("description") or None,
+            size_bytes=files.size_on_disk(self.path(name)), error=str(exc),
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            for col in self._open.values():
+                col.close()
+            self._open.clear()

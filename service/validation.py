@@ -1,0 +1,74 @@
+"""Request input, checked once at the route boundary into what the batcher trusts.
+
+Each check raises ``InvalidInput`` (422) or ``TooManyRows`` (413) with a message that names
+the first offending item. The model's own rules (dimension, finiteness, code range) stay in
+``vqvae.api.check_embeddings`` / ``check_codes``; this module only words them for HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from service.errors import InvalidInput, TooManyRows, validation_error
+from vqvae.api import check_codes, check_embeddings
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], body: bytes) -> M:
+    """A JSON body read by hand (routes that also take .npy), failing like a declared body."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def batch_size(rows: int, limit: int) -> None:
+    if rows > limit:
+        raise TooManyRows(rows, limit)
+
+
+def row_lengths(rows: Sequence[Sequence[Any]], width: int, field: str, why: str | None = None) -> None:
+    """Ragged JSON rows get a message naming the row, before numpy turns them into objects."""
+    for i, row in enumerate(rows):
+        if len(row) != width:
+            reason = f" ({why})" if why else ""
+            raise InvalidInput(f"{field}[{i}] has {len(row)} values; every row needs {width}{reason}")
+
+
+def embeddings(x: Any, dim: int, where: str = "") -> np.ndarray:
+    """float32 C-contiguous [N, dim], finite; ``where`` prefixes the message (``items[3].embedding: ``)."""
+    try:
+        return check_embeddings(x, dim)
+    except ValueError as exc:
+        raise InvalidInput(f"{where}{exc}") from None
+
+
+def codes(x: Any, num_heads: int, codebook_size: int) -> np.ndarray:
+    """int64 [N, H] codes within the loaded checkpoint's codebook."""
+    try:
+        return check_codes(x, num_heads, codebook_size)
+    except (ValueError, OverflowError) as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+def texts(items: Any, max_chars: int | None = None) -> list[str]:
+    """A list of non-empty strings of at most ``max_chars`` characters."""
+    if isinstance(items, str) or not isinstance(items, Sequence):
+        raise InvalidInput("texts must be a list of strings")
+    out = list(items)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise InvalidInput(f"texts[{i}] must be a string, got {type(t).__name__}")
+        if not t.strip():
+            raise InvalidInput(f"texts[{i}] is empty; every text needs some non-space characters")
+        if max_chars is not None and len(t) > max_chars:
+            raise InvalidInput(
+                f"texts[{i}] has {len(t)} characters, more than the limit of {max_chars} "
+                "(MONOLITH_MAX_TEXT_CHARS); shorten or split it"
+            )
+    return out

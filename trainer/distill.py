@@ -1,0 +1,139 @@
+"""Distil the decoder-aware code search into the encoder, so the fast path is the good path.
+
+The decoder-aware search (``vqvae.refine``) finds better codes than the encoder's nearest
+ones, at 20–30× the cost of a plain encode. Here the search becomes a teacher: the encoder
+learns, by cross-entropy of each head's soft assignment (−distance / τ), to put its latent in
+the cell of the code the search picked. Once it does, nearest codes *are* the searched codes
+and encoding costs one pass of the encoder. Then the decoder is re-fitted to the codes users
+actually get (the new nearest codes), which can move the ceiling itself; each round re-runs
+the search with the new decoder. Codebooks stay fixed throughout: they are both what the
+decoder reads and what the encoder's assignment (and the search kernel's query side) scores
+against, so moving them would undo what the other half learnt.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from tqdm import tqdm
+
+from vqvae import losses as L
+from vqvae.config import EncodeConfig
+from vqvae.refine import CodeRefiner
+
+log = logging.getLogger(__name__)
+
+
+class DistillConfig(BaseModel):
+    """One distillation run; the defaults are the shipped recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: EncodeConfig = Field(EncodeConfig(candidates=8, sweeps=2), description="the search the encoder learns")
+    rounds: int = Field(2, ge=1, description="teacher search → encoder → decoder, repeated")
+    encoder_epochs: float = Field(4, gt=0, description="passes over the training set per round (encoder)")
+    decoder_epochs: float = Field(2, ge=0, description="passes per round re-fitting the decoder (0: keep it)")
+    lr: float = Field(3e-4, gt=0)
+    batch_size: int = Field(1024, ge=2)
+    temperature: float = Field(0.05, gt=0, description="τ of the per-head soft assignment")
+    info_nce: float = Field(0.1, ge=0, description="decoder re-fit: InfoNCE weight beside cosine + score-aware")
+    seed: int = 0
+
+
+def teacher_codes(model: nn.Module, x: torch.Tensor, teacher: EncodeConfig, chunk: int = 4096,
+                  progress: bool = True) -> torch.Tensor:
+    """The searched codes [N, H] of every row, in chunks under one progress bar."""
+    refiner = CodeRefiner(model, teacher)
+    out = []
+    with torch.inference_mode(), tqdm(total=len(x), desc="teacher search", unit="vec", disable=not progress) as bar:
+        for i in range(0, len(x), chunk):
+            part = x[i : i + chunk]
+            out.append(refiner(part, model.encode_latent(part)))
+            bar.update(len(part))
+    return torch.cat(out)
+
+
+def assignment_loss(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean over heads of the cross-entropy of softmax(−d/τ) toward the target codes."""
+    d = model.quantizer.distances(model.encode_latent(x))  # [B, H, K]
+    return F.cross_entropy((-d / temperature).flatten(0, 1), targets.flatten())
+
+
+def decoder_loss(model: nn.Module, x: torch.Tensor, codes: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:
+    x_hat = model.decode(codes)
+    loss = L.cosine_loss(x_hat, x) + L.score_aware_loss(x_hat, x)
+    return loss + cfg.info_nce * L.info_nce_loss(x_hat, x) if cfg.info_nce else loss
+
+
+def _fit(params: list[nn.Parameter], n: int, epochs: float, cfg: DistillConfig, desc: str,
+         step_loss: Callable[[torch.Tensor], torch.Tensor], progress: bool) -> float:
+    """Adam with cosine decay over ``epochs`` passes of shuffled batches; returns the last loss."""
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    steps = max(1, math.ceil(epochs * n / cfg.batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=cfg.lr * 0.05)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    perm, at, last = torch.randperm(n, generator=gen), 0, float("nan")
+    for _ in tqdm(range(steps), desc=desc, unit="step", disable=not progress):
+        if at + cfg.batch_size > n:
+            perm, at = torch.randperm(n, generator=gen), 0
+        idx = perm[at : at + cfg.batch_size]
+        at += cfg.batch_size
+        loss = step_loss(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        last = float(loss.detach())
+    return last
+
+
+def agreement(model: nn.Module, x: torch.Tensor, targets: torch.Tensor) -> float:
+    """Share of (row, head) where the encoder's nearest code is the teacher's."""
+    with torch.inference_mode():
+        nearest = torch.cat([model.encode(x[i : i + 4096]) for i in range(0, len(x), 4096)])
+    return float((nearest == targets).float().mean())
+
+
+def distill(model: nn.Module, train: np.ndarray, cfg: DistillConfig,
+            validate: Callable[[nn.Module], dict[str, Any]] | None = None,
+            progress: bool = True) -> list[dict[str, Any]]:
+    """Run ``cfg.rounds`` rounds on ``model`` in place; one history row per round.
+
+    ``validate(model)`` (optional) adds held-out metrics to each row, so a caller can keep the
+    best round; the model's state after the last round is what is left in ``model``.
+    """
+    torch.manual_seed(cfg.seed)
+    x = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32))
+    for p in model.quantizer.parameters():
+        p.requires_grad_(False)
+    history: list[dict[str, Any]] = []
+    for r in range(cfg.rounds):
+        model.eval()  # no dropout: the assignment must be the one inference makes
+        targets = teacher_codes(model, x, cfg.teacher, progress=progress)
+        row: dict[str, Any] = {"round": r + 1, "agreement_before": agreement(model, x, targets)}
+        row["encoder_loss"] = _fit(list(model.encoder.parameters()), len(x), cfg.encoder_epochs, cfg,
+                                   f"round {r + 1}: encoder",
+                                   lambda i, t=targets: assignment_loss(model, x[i], t[i], cfg.temperature), progress)
+        row["agreement_after"] = agreement(model, x, targets)
+        if cfg.decoder_epochs:
+            with torch.inference_mode():
+                codes = torch.cat([model.encode(x[i : i + 4096]) for i in range(0, len(x), 4096)])
+            row["decoder_loss"] = _fit(list(model.decoder.parameters()), len(x), cfg.decoder_epochs, cfg,
+                                       f"round {r + 1}: decoder",
+                                       lambda i, c=codes: decoder_loss(model, x[i], c[i], cfg), progress)
+        model.eval()
+        if validate is not None:
+            row.update(validate(model))
+        log.info("distill round %d: %s", r + 1, row)
+        history.append(row)
+    for p in model.quantizer.parameters():
+        p.requires_grad_(True)
+    return history
