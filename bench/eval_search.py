@@ -4,7 +4,7 @@ For each source the queries are the first ``--queries`` rows of ``<source>.val.n
 database is ``<source>.test.npy`` (float32 [N, 384], unit norm); for the out-of-domain sources
 (pydoc and changelog, which no shipped model trains on) their train split joins the database,
 so that it is not a few hundred rows. Ground truth is the exact top-k by inner product of the
-float query against the float database (DESIGN.md).
+float query against the float database (docs/architecture.md).
 
 Rows (all 4 bytes per stored vector):
 
@@ -21,7 +21,7 @@ Rows (all 4 bytes per stored vector):
 
 Metrics (``vqvae.metrics``), baselines (``vqvae.baselines``) and the re-ranking step
 (``vqvae.search.rerank_by_cosine``) are the library's own, shared with ``monolith-train eval``:
-recall 10@10, 1@10 and 10@100 as defined in DESIGN.md; every "decoded" or "rerank" row ranks
+recall 10@10, 1@10 and 10@100 as defined in docs/architecture.md; every "decoded" or "rerank" row ranks
 unit-length reconstructions by cosine with the query.
 
     python bench/eval_search.py --checkpoint X [--emb-dir data/emb] [--faiss-cache DIR] [--json out.json]

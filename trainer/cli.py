@@ -142,6 +142,34 @@ def _parse_data(spec: str) -> tuple[str, list[Path], Path | None]:
     return name, [Path(p) for p in db.split("+")], Path(queries) if queries else None
 
 
+@app.command()
+def distill(
+    checkpoint: Annotated[Path, typer.Argument(help="the trained .safetensors to distil")],
+    out: Annotated[Path, typer.Argument(help="where the distilled checkpoint goes")],
+    train_data: Annotated[list[Path], typer.Option("--train", help="float32 .npy [N, 384]; repeatable")],
+    val_data: Annotated[list[Path], typer.Option("--val", help="held-out .npy that picks the best round")],
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="a DistillConfig field, KEY=VALUE (e.g. rounds=3, teacher.candidates=16)")] = None,
+) -> None:
+    """Teach the encoder the decoder-aware search's codes, so nearest codes (the fast path) are the good ones."""
+    from pydantic import ValidationError
+
+    from trainer.config import ConfigError, parse_overrides
+    from trainer.distill import DistillConfig, run_distillation
+
+    try:
+        cfg = DistillConfig.model_validate(parse_overrides(overrides or []))
+        history = run_distillation(checkpoint, train_data, val_data, out, cfg)
+    except (ConfigError, ValidationError, ValueError, OSError) as exc:
+        fail(str(exc))
+    table = Table("round", "agreement", "val recall 10@10, nearest", "val recall 10@10, searched",
+                  title=f"distilled {checkpoint.name} → {out}")
+    for row in history:
+        table.add_row(str(row["round"]), f"{row.get('agreement_after', float('nan')):.3f}",
+                      f"{row['val_nearest_recall_10@10']:.4f}", f"{row['val_searched_recall_10@10']:.4f}")
+    Console().print(table)
+
+
 @app.command("eval")
 def evaluate(
     checkpoints: Annotated[list[str], typer.Argument(

@@ -3,7 +3,7 @@
 Every method (each checkpoint, its nearest-code variant, each faiss baseline of
 ``vqvae.baselines``) encodes the set's database in this process, with the same thread
 settings, and decodes it; its reconstructions are scaled to unit length and ranked by cosine
-with the float queries, against exact inner-product search over the originals (DESIGN.md,
+with the float queries, against exact inner-product search over the originals (docs/architecture.md,
 "Fair comparison"; metrics from ``vqvae.metrics``). Raw inner-product recall 10@10 is kept as
 an extra column. Each method's recall 10@10 is compared with the first checkpoint's, query by
 query, with the paired standard error of the difference.
@@ -39,7 +39,7 @@ from vqvae.metrics import (
 
 log = logging.getLogger(__name__)
 
-MIN_BASELINE_TRAIN = 50_000  # DESIGN.md: baselines are fitted on at least this many vectors
+MIN_BASELINE_TRAIN = 50_000  # docs/architecture.md: baselines are fitted on at least this many vectors
 PRIMARY = "recall_10@10"  # the recall the differences are reported for
 
 
@@ -100,10 +100,10 @@ def fit_baselines(
 
 
 def fairness_notes(models: dict[str, Monolith], train_files: Sequence[Path], n_train: int) -> list[str]:
-    """Where this run departs from DESIGN.md's fair comparison (said on stderr, not fatal)."""
+    """Where this run departs from the fair comparison of docs/architecture.md (said on stderr, not fatal)."""
     notes = []
     if n_train < MIN_BASELINE_TRAIN:
-        notes.append(f"baselines fitted on {n_train:,} vectors; DESIGN.md asks for at least {MIN_BASELINE_TRAIN:,}")
+        notes.append(f"baselines fitted on {n_train:,} vectors; the fair comparison wants ≥ {MIN_BASELINE_TRAIN:,}")
     given = {Path(p).resolve() for p in train_files}
     for name, m in models.items():
         prov = m.metadata.get("provenance", {})

@@ -1,6 +1,6 @@
 """faiss baselines, defined once: a faiss ``index_factory`` string fitted on training vectors.
 
-A baseline is judged like Monolith (DESIGN.md, "Fair comparison"): it encodes the database to
+A baseline is judged like Monolith (docs/architecture.md, "Fair comparison"): it encodes the database to
 its standalone codes (``sa_encode``), decodes them (``sa_decode``), and the reconstructions are
 ranked by cosine with the query (:func:`vqvae.metrics.cosine_topk`). The comparisons at
 Monolith's 4 bytes are :data:`DEFAULT_BASELINES`; :data:`REFERENCE_BASELINES` spend 8.

@@ -1,7 +1,7 @@
-"""Quality metrics, defined once (DESIGN.md): recall against exact search, reconstruction cosine.
+"""Quality metrics, defined once (docs/architecture.md, "Quality metrics"): recall against exact search, reconstruction cosine.
 
 Ground truth is the exact top-k by inner product over the float vectors (:func:`exact_topk`).
-Every method, Monolith and each baseline, is searched the same way (DESIGN.md, "Fair
+Every method, Monolith and each baseline, is searched the same way (docs/architecture.md, "Fair
 comparison"): its reconstructions are scaled to unit length and ranked by cosine with the
 query (:func:`cosine_topk`). Differences between two methods are judged per query, with
 :func:`paired_difference` (mean and its paired standard error).
@@ -76,7 +76,7 @@ def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """Mean of the per-query difference a − b and its paired standard error, sd(a − b) / √Q.
 
     Both methods answered the same queries, so the difference is judged query by query; call it
-    real only beyond two standard errors (DESIGN.md). The error is NaN below two queries.
+    real only beyond two standard errors (docs/architecture.md). The error is NaN below two queries.
     """
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     if d.ndim != 1:

@@ -19,7 +19,7 @@ embedding and the decoder's reconstruction of each candidate (``vqvae.decoding.C
 
 :class:`CodeIndex` stores codes densely in one uint8 [capacity, H] array addressed by row
 (4 bytes per vector, nothing per item in Python). Deletion swaps the last row into the hole,
-so rows stay dense and every kernel scans only live rows; the caller (``service.store``)
+so rows stay dense and every kernel scans only live rows; the caller (``service.collections``)
 maps its own ids to rows and applies the same moves, which :func:`swap_remove_plan` spells out.
 """
 
@@ -153,7 +153,7 @@ def rerank_by_cosine(
 class CodeIndex:
     """A dense table of H-byte codes with ADC search; rows are positions, not ids.
 
-    Not thread-safe: callers serialise mutation and search (``service.store`` holds a lock).
+    Not thread-safe: callers serialise mutation and search (``service.collections`` holds a lock).
     """
 
     def __init__(

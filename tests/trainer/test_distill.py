@@ -1,0 +1,51 @@
+"""Distilling the decoder-aware search into the encoder (trainer/distill.py)."""
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from trainer.cli import app
+from trainer.distill import DistillConfig, agreement, distill, teacher_codes
+from vqvae import Monolith
+from vqvae.checkpoint import load_checkpoint, read_metadata
+
+CKPT = "vqvae/checkpoints/monolith-wiki.safetensors"
+SAMPLE = "tests/data/real_sample.npy"
+FAST = DistillConfig(rounds=1, encoder_epochs=3, decoder_epochs=1, batch_size=128)
+
+
+def test_encoder_learns_the_searched_codes():
+    import torch
+
+    model = load_checkpoint(CKPT).model
+    x = np.load(SAMPLE)[:512]
+    targets = teacher_codes(model, torch.from_numpy(x), FAST.teacher, progress=False)
+    codebooks = model.quantizer.codebooks.detach().clone()
+    history = distill(model, x, FAST.model_copy(update={"decoder_epochs": 0}), progress=False)
+    assert history[0]["agreement_after"] == pytest.approx(agreement(model, torch.from_numpy(x), targets))
+    assert history[0]["agreement_after"] > history[0]["agreement_before"] + 0.05
+    assert torch.equal(model.quantizer.codebooks, codebooks), "codebooks are what decoder and search share: fixed"
+    assert all(p.requires_grad for p in model.quantizer.parameters())
+
+
+def test_cli_saves_a_checkpoint_whose_default_is_nearest_codes(tmp_path):
+    out = tmp_path / "distilled.safetensors"
+    result = CliRunner().invoke(app, ["distill", CKPT, str(out), "--train", SAMPLE, "--val", SAMPLE,
+                                      "--set", "rounds=1", "--set", "encoder_epochs=2", "--set", "decoder_epochs=0",
+                                      "--set", "batch_size=128"])
+    assert result.exit_code == 0, result.output
+    assert "val recall 10@10, nearest" in result.stdout
+    meta = read_metadata(out)
+    assert meta["encoding"]["candidates"] == 0
+    assert meta["provenance"]["distilled_from"] == load_checkpoint(CKPT).sha256
+    assert [r["round"] for r in meta["provenance"]["distill_history"]] == [0, 1]
+    m = Monolith.load(out)
+    assert not m.encoding.refines
+    assert m.encode(np.load(SAMPLE)[:8]).shape == (8, 4)
+
+
+def test_cli_refuses_bad_settings(tmp_path):
+    result = CliRunner().invoke(app, ["distill", CKPT, str(tmp_path / "o.safetensors"), "--train", SAMPLE,
+                                      "--val", SAMPLE, "--set", "roundz=2"])
+    assert result.exit_code == 2
+    assert "roundz" in result.stderr and "Traceback" not in result.stderr
