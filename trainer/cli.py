@@ -127,8 +127,9 @@ def landscape(
         if len(x) > samples:
             x = x[np.sort(np.random.default_rng(seed).choice(len(x), samples, replace=False))]
         result = run_landscape(checkpoint, x, out or checkpoint.with_name(checkpoint.stem + "-landscape"),
-                               steps=steps, radius=radius, samples=probes, ascent_steps=ascent_steps, seed=seed)
-    except (CheckpointError, ValueError, OSError) as exc:
+                               steps=steps, radius=radius, samples=probes, ascent_steps=ascent_steps, seed=seed,
+                               progress=True)
+    except (CheckpointError, ValueError, OSError, ImportError) as exc:
         fail(str(exc))
     typer.echo(json.dumps(result.summary(), indent=2))
 
@@ -186,6 +187,8 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option(help="also write the rows as JSON")] = None,
     nearest: Annotated[bool, typer.Option(
         help="also judge each checkpoint with nearest codes (no decoder-aware refinement)")] = False,
+    searched: Annotated[bool, typer.Option(
+        help="also judge each nearest-code checkpoint with the decoder-aware search (8 candidates, 2 sweeps)")] = False,
     record: Annotated[bool, typer.Option(
         help="write the report into the (single) checkpoint's metadata, metrics.eval_report")] = False,
 ) -> None:
@@ -229,6 +232,9 @@ def evaluate(
         methods.append(monolith_method(name, m))
         if nearest and m.encoding.refines:
             methods.append(monolith_method(f"{name} (nearest)", Monolith(m.checkpoint, encoding=EncodeConfig())))
+        if searched and not m.encoding.refines:
+            best = EncodeConfig(candidates=8, sweeps=2)
+            methods.append(monolith_method(f"{name} (searched)", Monolith(m.checkpoint, encoding=best)))
     for note in fairness_notes(models, train_data, len(train)) if specs else []:
         console.print(f"[yellow]note:[/] {note}")
     try:

@@ -42,6 +42,10 @@ def test_cli_saves_a_checkpoint_whose_default_is_nearest_codes(tmp_path):
     m = Monolith.load(out)
     assert not m.encoding.refines
     assert m.encode(np.load(SAMPLE)[:8]).shape == (8, 4)
+    report = CliRunner().invoke(app, ["eval", f"d={out}", "--searched", "--train", SAMPLE, "--baselines", "none",
+                                      "--data", f"s={SAMPLE}", "--n-queries", "100"])
+    assert report.exit_code == 0, report.output
+    assert "d (searched)" in report.stdout
 
 
 def test_cli_refuses_bad_settings(tmp_path):

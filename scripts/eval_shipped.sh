@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The fair quality report of a checkpoint (docs/architecture.md, "Quality metrics"): Monolith and
+# its nearest-code variant beside faiss at 4 bytes (OPQ4, RQ4x8, LSQ4x8) and 8 bytes (OPQ8, LSQ8x8),
+# every method ranked by cosine over its unit-length reconstructions, baselines fitted on the
+# same training files (50,000 of them), paired standard errors against Monolith.
+# In-domain: the held-out test splits of the training sources. Unseen: every split of pydoc,
+# changelog and info, which no shipped model trains on. Needs data/emb (scripts/build_data.sh).
+# Usage: scripts/eval_shipped.sh [CHECKPOINT] [--record]  (extra flags go to monolith-train eval)
+set -euo pipefail
+ckpt=${1:-vqvae/checkpoints/monolith-wiki.safetensors}
+shift || true
+emb=${EMB:-data/emb}
+all() { echo "$emb/$1.train.npy+$emb/$1.val.npy+$emb/$1.test.npy"; }
+monolith-train eval "monolith=$ckpt" --nearest \
+  --train "$emb/wordnet.train.npy" --train "$emb/debian.train.npy" \
+  --baselines OPQ4,PQ4 --baselines RQ4x8 --baselines LSQ4x8 --baselines OPQ8,PQ8 --baselines LSQ8x8 \
+  --data "wordnet=$emb/wordnet.test.npy" --data "debian=$emb/debian.test.npy" \
+  --data "pydoc=$(all pydoc)" --data "changelog=$(all changelog)" --data "info=$(all info)" \
+  --json-out "${OUT:-runs/eval}.json" "$@"
