@@ -39,7 +39,7 @@ for name in "${order[@]}"; do
   if [ ! -f "$out/$name/last.safetensors" ]; then
     echo "== training $name (${variants[$name]:-the recipe as configured})" >&2
     # shellcheck disable=SC2086  # the variant's flags are meant to split
-    monolith-train train "$config" --out-dir "$out/$name" --set "optim.epochs=$epochs" ${variants[$name]} \
+    monolith-train train "$config" --overwrite --out-dir "$out/$name" --set "optim.epochs=$epochs" ${variants[$name]} \
       > "$out/$name.log" 2>&1 || { echo "training $name failed, see $out/$name.log" >&2; exit 1; }
   fi
   # last, not best: every variant judged after the same number of steps (a "best" picked on the

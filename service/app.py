@@ -24,8 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import JSONResponse
 
 from service.auth import require_api_key
 from service.batcher import MicroBatcher
@@ -34,9 +33,10 @@ from service.collections import routes as collections
 from service.collections.collection import StoreModel
 from service.collections.store import Store
 from service.errors import install_error_handlers
-from service.limits import BodyLimitMiddleware
+from service.limits import BodyLimitMiddleware, MemoryBudget, ShutdownMiddleware
 from service.metrics import MetricsMiddleware, ServiceMetrics
-from service.routes import codebook, codec, ops
+from service.openapi import document_statuses
+from service.routes import codebook, codec, dashboard, ops
 from service.settings import Settings
 from service.state import ServiceState
 from vqvae.api import Monolith
@@ -69,7 +69,8 @@ def create_app(
                 await loader
             await _stop(state, executor)
 
-    # Docs and schema are added below behind the API key, like every route but the probes.
+    # The schema is added below behind the API key, like every route but the probes; /docs and
+    # /dashboard are pages without data (service.routes.dashboard), their data routes keep the key.
     app = FastAPI(
         title="Monolith",
         summary="384-d sentence embeddings in 4 bytes: encode, decode, search",
@@ -89,12 +90,20 @@ def create_app(
     for router, dependencies in routers:
         app.include_router(router, dependencies=dependencies)
     _add_docs(app)
+    asset_mounts = dashboard.install_pages(app)
 
-    # Route templates for metrics labels of requests refused before routing (413).
-    templates = [route for router, _ in routers for route in router.routes]
-    # Added last = outermost: metrics see every answer, including the body limit's 413s.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=state.settings.max_body_bytes)
+    # Route templates for metrics labels of requests refused before routing (413), and of static
+    # assets (labelled by their mount: /static, /swagger-ui).
+    templates = [route for router, _ in routers for route in router.routes] + asset_mounts
+    # Added last = outermost: metrics see every answer, including the body limit's 401/413s and
+    # the 503s of requests cancelled at shutdown (service.limits says what each one bounds).
+    settings = state.settings
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes, api_key=settings.api_key,
+                       budget=MemoryBudget(settings.body_memory_bytes), budget_wait_s=settings.body_wait_s,
+                       body_timeout_s=settings.body_timeout_s)
+    app.add_middleware(ShutdownMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, routes=templates)
+    document_statuses(app)  # every status each route can answer, in its OpenAPI entry
     return app
 
 
@@ -128,7 +137,7 @@ async def _start(state: ServiceState, executor: ThreadPoolExecutor, monolith: Mo
         state.batcher = MicroBatcher(
             monolith, embedder, wait_ms=settings.batch_wait_ms, max_size=settings.batch_max_size,
             queue_limit=settings.queue_limit, metrics=state.metrics, executor=executor,
-            torch_threads=settings.torch_threads,
+            torch_threads=settings.torch_threads, max_request_chars=settings.max_request_chars,
         )
         await state.batcher.start()
         state.model_ref = model_ref(monolith)
@@ -168,7 +177,3 @@ def _add_docs(app: FastAPI) -> None:
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(require_api_key)])
     async def openapi() -> JSONResponse:
         return JSONResponse(app.openapi())
-
-    @app.get("/docs", include_in_schema=False, dependencies=[Depends(require_api_key)])
-    async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="Monolith API")

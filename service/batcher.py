@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from vqvae.api import Monolith
+from vqvae.drift import reconstruction_cosines
 from vqvae.health import count_codes
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ BULK_CHUNK_ROWS = 8192
 # across threads costs more than it saves, and on a busy machine the threads' barrier waits
 # for a descheduled peer (measured on 2 cores: 1 row 30 ms with 2 threads, 0.6 ms with 1).
 SMALL_BATCH_ROWS = 256
+# Rows per encode pass whose reconstruction cosine is measured (decoded once more), for the
+# drift check of /codebook/health (vqvae.drift): a sample, so the cost stays negligible.
+FIDELITY_ROWS = 64
 
 
 class Overloaded(RuntimeError):
@@ -62,6 +66,16 @@ class Overloaded(RuntimeError):
 
 class TextModelUnavailable(RuntimeError):
     """Texts were sent to a server started without the text model."""
+
+
+class TooMuchText(RuntimeError):
+    """One request's texts add up to more characters than ``MONOLITH_MAX_REQUEST_CHARS`` (413)."""
+
+    def __init__(self, chars: int, limit: int) -> None:
+        super().__init__(
+            f"the texts of this request have {chars} characters in all, more than the limit of {limit} "
+            "per request (MONOLITH_MAX_REQUEST_CHARS); split them over several requests"
+        )
 
 
 class BatcherClosed(RuntimeError):
@@ -198,9 +212,11 @@ class MicroBatcher:
         metrics: Any | None = None,
         executor: ThreadPoolExecutor | None = None,
         torch_threads: int = 0,
+        max_request_chars: int | None = None,
     ) -> None:
         self.monolith = monolith
         self.embedder = embedder
+        self.max_request_chars = max_request_chars  # text one request may ask of the text model
         self.wait_s = max(0.0, wait_ms) / 1000.0
         self.max_size = max(1, max_size)
         self.queue_limit = queue_limit
@@ -208,6 +224,7 @@ class MicroBatcher:
         cfg = monolith.config
         self.traffic_counts = np.zeros((cfg.num_heads, cfg.codebook_size), dtype=np.int64)
         self.counts_lock = threading.Lock()
+        self.cosine_sum, self.cosine_rows = 0.0, 0  # sampled cos(x, decode(codes)), under counts_lock
         self._own_executor = executor is None
         self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="monolith-model")
         self.pending = 0
@@ -268,8 +285,15 @@ class MicroBatcher:
             return await self._decode_lane.submit(codes, len(codes))
 
     async def embed(self, texts: list[str]) -> np.ndarray:
-        """Unit-length embeddings float32 [N, D] of non-empty texts, from the text model."""
+        """Unit-length embeddings float32 [N, D] of non-empty texts, from the text model.
+
+        All of one request's texts come in one call, so this is where the work a request may
+        ask of the text model is bounded (``TooMuchText``, 413)."""
         self.require_text_model()
+        if self.max_request_chars is not None:
+            chars = sum(len(t) for t in texts)
+            if chars > self.max_request_chars:
+                raise TooMuchText(chars, self.max_request_chars)
         if not texts:
             return np.zeros((0, self.monolith.config.input_dim), dtype=np.float32)
         async with self._slot():
@@ -331,8 +355,12 @@ class MicroBatcher:
         codes = self.monolith.encode(x)
         self._observe("encode", len(x))
         counts = count_codes(codes, self.monolith.config.codebook_size)
+        sample = slice(None, None, max(1, len(x) // FIDELITY_ROWS))
+        cosines = reconstruction_cosines(x[sample], self.monolith.decode(codes[sample])) if len(x) else np.zeros(0)
         with self.counts_lock:
             self.traffic_counts += counts
+            self.cosine_sum += float(cosines.sum())
+            self.cosine_rows += len(cosines)
         if self.metrics is not None:
             self.metrics.vectors_encoded.inc(len(codes))
         return codes
@@ -358,6 +386,11 @@ class MicroBatcher:
         """A consistent copy of the traffic counts (the worker may be adding to them)."""
         with self.counts_lock:
             return self.traffic_counts.copy()
+
+    def snapshot_traffic(self) -> tuple[np.ndarray, float, int]:
+        """Counts, and the sum and number of sampled reconstruction cosines, taken together."""
+        with self.counts_lock:
+            return self.traffic_counts.copy(), self.cosine_sum, self.cosine_rows
 
 
 def _join_texts(parts: list[list[str]]) -> list[str]:

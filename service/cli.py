@@ -17,6 +17,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.cli_errors import fail
+from service.server import uvicorn_options
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,12 +73,7 @@ def serve(
     settings = _settings(overrides)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log.info("starting on %s:%d (workers=%d)", settings.host, settings.port, settings.workers)
-    common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
-        "log_level": settings.log_level.lower(),
-        "timeout_graceful_shutdown": 10,
-    }
+    common: dict[str, Any] = uvicorn_options(settings)  # the connection limits (service.server)
     try:
         if settings.workers == 1:
             from service.app import create_app

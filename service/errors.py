@@ -12,23 +12,33 @@ Every error is FastAPI's ``{"detail": ...}`` shape. Validation errors drop pydan
 from __future__ import annotations
 
 import logging
+import sys
 
 from fastapi import FastAPI, Request, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.batcher import BatcherClosed, Overloaded, TextModelUnavailable
+from service.batcher import BatcherClosed, Overloaded, TextModelUnavailable, TooMuchText
 from service.collections.errors import (
     CheckpointMismatch,
     CollectionCorrupt,
+    CollectionExists,
     CollectionNotFound,
+    InvalidExport,
+    InvalidFilter,
     InvalidName,
     ItemNotFound,
+    StorageFull,
     StoreError,
 )
 
 log = logging.getLogger(__name__)
+
+
+NOT_UNICODE = "contains a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text; send valid Unicode"
 
 
 class InvalidInput(ValueError):
@@ -59,6 +69,10 @@ class NoReferenceCounts(LookupError):
     """``source=reference`` on a checkpoint without usable stored counts."""
 
 
+class PlotsUnavailable(RuntimeError):
+    """A PNG plot without matplotlib installed (the ``plots`` extra); the SVG needs nothing."""
+
+
 class NotReady(RuntimeError):
     """The model is still loading, or failed to load (then there is no point retrying soon)."""
 
@@ -70,15 +84,24 @@ class NotReady(RuntimeError):
 STATUS: dict[type[Exception], int] = {
     Unauthorized: status.HTTP_401_UNAUTHORIZED,  # with WWW-Authenticate: Bearer
     InvalidInput: status.HTTP_422_UNPROCESSABLE_CONTENT,  # includes service.npy.NpyError
+    # Only a client's string can hold a lone surrogate ("\ud800" is valid JSON, not UTF-8); it
+    # fails wherever the string meets UTF-8 (SQLite, the tokenizer): the client's input, a 422.
+    UnicodeEncodeError: status.HTTP_422_UNPROCESSABLE_CONTENT,
     TextModelUnavailable: status.HTTP_422_UNPROCESSABLE_CONTENT,
     InvalidName: status.HTTP_422_UNPROCESSABLE_CONTENT,
+    InvalidFilter: status.HTTP_422_UNPROCESSABLE_CONTENT,  # lists the valid operators
+    InvalidExport: status.HTTP_422_UNPROCESSABLE_CONTENT,  # truncated, altered or not an export
     TooLarge: status.HTTP_413_CONTENT_TOO_LARGE,
+    TooMuchText: status.HTTP_413_CONTENT_TOO_LARGE,  # MONOLITH_MAX_REQUEST_CHARS
     NoReferenceCounts: status.HTTP_404_NOT_FOUND,
     CollectionNotFound: status.HTTP_404_NOT_FOUND,
     ItemNotFound: status.HTTP_404_NOT_FOUND,
     CheckpointMismatch: status.HTTP_409_CONFLICT,
+    CollectionExists: status.HTTP_409_CONFLICT,  # import without replace=true
+    StorageFull: status.HTTP_507_INSUFFICIENT_STORAGE,  # the write was rolled back
     CollectionCorrupt: status.HTTP_500_INTERNAL_SERVER_ERROR,
     StoreError: status.HTTP_500_INTERNAL_SERVER_ERROR,
+    PlotsUnavailable: status.HTTP_501_NOT_IMPLEMENTED,
     NotReady: status.HTTP_503_SERVICE_UNAVAILABLE,  # with Retry-After unless loading failed
     Overloaded: status.HTTP_503_SERVICE_UNAVAILABLE,  # with Retry-After
     BatcherClosed: status.HTTP_503_SERVICE_UNAVAILABLE,  # with Retry-After
@@ -117,12 +140,38 @@ async def _listed(request: Request, exc: Exception) -> JSONResponse:
     headers = dict(getattr(exc, "headers", {}))
     if (retry_after := getattr(exc, "retry_after", None)) is not None:
         headers["Retry-After"] = str(retry_after)
-    return _json(status_of(exc), str(exc), headers or None)
+    detail = f"a string in the request {NOT_UNICODE}" if isinstance(exc, UnicodeEncodeError) else str(exc)
+    return _json(status_of(exc), detail, headers or None)
 
 
 async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     return _json(status.HTTP_422_UNPROCESSABLE_CONTENT, _clean(list(exc.errors())))
+
+
+PARSE_FAILED = "There was an error parsing the body"  # FastAPI's 400 for a body json.loads refused
+
+
+def unparseable_body(exc: BaseException | None) -> str:
+    """Why a JSON body could not be parsed, in words a client can act on."""
+    if isinstance(exc, UnicodeDecodeError):
+        return "the body is not UTF-8 text; JSON bodies must be UTF-8"
+    if isinstance(exc, RecursionError):
+        return ("the body's JSON nests too deeply to parse "
+                "(item metadata may nest at most MONOLITH_MAX_METADATA_DEPTH levels)")
+    if isinstance(exc, ValueError) and "digits" in str(exc):
+        return f"the body's JSON holds an integer of more than {sys.get_int_max_str_digits()} digits"
+    return "the body is not valid JSON" + (f": {exc}" if exc is not None else "")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's own HTTP errors, except its 400 for a body it could not parse: that is an
+    unparseable body, a 422 like every other (DESIGN.md), with the reason."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == status.HTTP_400_BAD_REQUEST and exc.detail == PARSE_FAILED:
+        msg = unparseable_body(exc.__cause__)
+        return _json(status.HTTP_422_UNPROCESSABLE_CONTENT, [{"type": "json_invalid", "loc": ["body"], "msg": msg}])
+    return await http_exception_handler(request, exc)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -134,4 +183,5 @@ def install_error_handlers(app: FastAPI) -> None:
     for exc_type in STATUS:
         app.add_exception_handler(exc_type, _listed)
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -113,6 +113,7 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        unrouted = dict(scope)  # a mount rewrites root_path in place: match the labels on the original
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -123,7 +124,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            template = route_template(scope, self.routes)
+            template = route_template({**unrouted, "route": scope.get("route")}, self.routes)
             method = scope.get("method", "")
             self.metrics.requests.labels(method, template, str(status)).inc()
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - start)

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from vqvae.drift import CodeDrift
 from vqvae.health import CodebookHealth
 
 HealthSource = Literal["traffic", "reference"]
@@ -99,9 +100,11 @@ class ModelCard(BaseModel):
 
 
 class CodebookHealthResponse(CodebookHealth):
-    """``vqvae.health.CodebookHealth`` plus where its counts came from."""
+    """``vqvae.health.CodebookHealth`` plus where its counts came from and, for traffic, how far
+    its code usage drifts from the reference (``vqvae.drift``; None without reference counts)."""
 
     source: HealthSource
+    drift: CodeDrift | None = None
 
 
 class Liveness(BaseModel):

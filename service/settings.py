@@ -35,8 +35,23 @@ class Settings(BaseSettings):
         0, ge=0, description="Torch threads for batches of 256+ rows (0: torch's default); smaller ones use 1"
     )
     log_level: str = "info"
+    # Hardening (service/limits.py, service/server.py; docs/service.md, "Limits and errors")
+    max_request_chars: int = Field(
+        100_000, ge=1, description="Most characters of text one request may send to the text model (413 above)")
+    body_memory_bytes: int = Field(
+        512 * 1024 * 1024, ge=1024 * 1024,
+        description="Estimated memory of request bodies being read and parsed at once; others wait")
+    body_wait_s: float = Field(30.0, gt=0, description="Longest wait for body_memory_bytes before a 503")
+    body_timeout_s: float = Field(60.0, gt=0, description="Time a client has to send its whole body (408 after)")
+    header_timeout_s: float = Field(10.0, gt=0, description="Time a connection has to send a request head")
+    keep_alive_s: int = Field(5, ge=1, description="Idle keep-alive connections are closed after this")
+    limit_concurrency: int = Field(1024, ge=1, description="Open connections + requests before new ones get 503")
+    max_header_bytes: int = Field(16_384, ge=1024, description="Largest request line + headers (h11; 400 above)")
+    graceful_shutdown_s: float = Field(10.0, ge=0, description="On SIGTERM, how long running requests may finish")
     # Collections (service/collections/)
     max_metadata_bytes: int = Field(16_384, ge=2, description="Largest item metadata, as compact UTF-8 JSON")
+    max_metadata_depth: int = Field(
+        32, ge=1, le=128, description="Deepest nesting of objects and arrays in item metadata (422 above)")
     max_id_chars: int = Field(512, ge=1, description="Longest item id in a collection")
     default_candidates: int = Field(
         100, ge=0, description="ADC candidates re-ranked by decoded cosine when a search does not say; 0: ADC only"

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from service.errors import InvalidInput, TooManyRows, validation_error
+from service.errors import NOT_UNICODE, InvalidInput, TooManyRows, validation_error
 from vqvae.api import check_codes, check_embeddings
 
 M = TypeVar("M", bound=BaseModel)
@@ -48,12 +48,34 @@ def embeddings(x: Any, dim: int, where: str = "") -> np.ndarray:
         raise InvalidInput(f"{where}{exc}") from None
 
 
+def query_embeddings(x: Any, dim: int) -> np.ndarray:
+    """Search queries, checked and scaled to unit length: search ranks by cosine, which ignores
+    a query's length, but the scores of a huge (finite) one overflow float32 and its hits were
+    lost. A zero row has no direction to search in and is refused."""
+    q = embeddings(x, dim).astype(np.float64)
+    norms = np.linalg.norm(q, axis=1)
+    zero = np.flatnonzero(~(norms > 0))
+    if len(zero):
+        raise InvalidInput(f"embeddings[{zero[0]}] is all zeros: a search query needs a direction")
+    return np.ascontiguousarray(q / norms[:, None], dtype=np.float32)
+
+
 def codes(x: Any, num_heads: int, codebook_size: int) -> np.ndarray:
     """int64 [N, H] codes within the loaded checkpoint's codebook."""
     try:
         return check_codes(x, num_heads, codebook_size)
     except (ValueError, OverflowError) as exc:
         raise InvalidInput(str(exc)) from None
+
+
+def is_unicode(text: str) -> bool:
+    """False for strings JSON can carry but UTF-8 cannot (lone surrogates, e.g. ``"\\ud800"``):
+    SQLite and the tokenizer would fail on them later."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def texts(items: Any, max_chars: int | None = None) -> list[str]:
@@ -66,6 +88,8 @@ def texts(items: Any, max_chars: int | None = None) -> list[str]:
             raise InvalidInput(f"texts[{i}] must be a string, got {type(t).__name__}")
         if not t.strip():
             raise InvalidInput(f"texts[{i}] is empty; every text needs some non-space characters")
+        if not is_unicode(t):
+            raise InvalidInput(f"texts[{i}] {NOT_UNICODE}")
         if max_chars is not None and len(t) > max_chars:
             raise InvalidInput(
                 f"texts[{i}] has {len(t)} characters, more than the limit of {max_chars} "

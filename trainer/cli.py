@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -76,15 +77,18 @@ def embed(
 def train(
     config: Annotated[Path, typer.Argument(help="YAML or JSON training config")],
     resume: Annotated[bool, typer.Option(help="continue from out_dir/last.state.safetensors")] = False,
+    overwrite: Annotated[bool, typer.Option(help="delete a previous run in out_dir and start again")] = False,
     out_dir: Annotated[Path | None, typer.Option(help="override the config's out_dir")] = None,
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", help="override one field, e.g. --set loss.info_nce=0.1 (repeatable)")] = None,
 ) -> None:
-    """Train a model; writes best/last checkpoints and a resumable state to out_dir."""
+    """Train a model; writes best/last checkpoints and a resumable state to out_dir (one that
+    already holds a run needs --resume or --overwrite)."""
     from trainer.config import ConfigError, load_config, parse_overrides
     from trainer.distributed import cleanup
     from trainer.loop import Trainer
     from trainer.monitor import TrainingDiverged
+    from trainer.outdir import claim
     from vqvae.checkpoint import CheckpointError
 
     try:
@@ -92,6 +96,7 @@ def train(
         if out_dir:
             over["out_dir"] = str(out_dir)
         cfg = load_config(config, over)
+        claim(cfg.out_dir, resume=resume, overwrite=overwrite, main=os.environ.get("RANK", "0") == "0")
         trainer = Trainer(cfg)
         result = trainer.run(resume=resume)
     except (ConfigError, CheckpointError, ValueError, KeyError, TrainingDiverged, OSError) as exc:
@@ -169,6 +174,39 @@ def distill(
         table.add_row(str(row["round"]), f"{row.get('agreement_after', float('nan')):.3f}",
                       f"{row['val_nearest_recall_10@10']:.4f}", f"{row['val_searched_recall_10@10']:.4f}")
     Console().print(table)
+
+
+@app.command()
+def encode(
+    source: Annotated[Path, typer.Argument(help="float .npy [N, 384] (memory-mapped) or .parquet (with --column)")],
+    out: Annotated[Path, typer.Argument(help="uint8 .npy [N, 4] of codes to write")],
+    column: Annotated[str | None, typer.Option(help="Parquet column holding the embeddings (lists of floats)")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="checkpoint (default: the shipped one)")] = None,
+    candidates: Annotated[int | None, typer.Option(
+        help="override the checkpoint's decoder-aware candidates (0: nearest codes, fastest)")] = None,
+    chunk: Annotated[int, typer.Option(help="rows per chunk (the unit of work and of resumption)")] = 16_384,
+    workers: Annotated[int, typer.Option(help="worker processes (0: one per core; 1: this process)")] = 0,
+    threads: Annotated[int, typer.Option(help="torch threads when --workers 1 (0: torch's default)")] = 0,
+    use_ray: Annotated[bool, typer.Option("--ray", help="run as a Ray Data job (pip install 'monolith[ray]')")] = False,
+    replicas: Annotated[int, typer.Option(help="with --ray: model replicas (one CPU each)")] = 2,
+    ray_address: Annotated[str | None, typer.Option(help="with --ray: cluster address (default RAY_ADDRESS or "
+                                                         "a local cluster)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="encode again even if OUT exists")] = False,
+) -> None:
+    """Encode a large embedding file into codes: chunked, on all cores (or Ray), resumable after a
+    crash (run the same command again), equal bit for bit to Monolith.encode."""
+    from trainer.bulk import BulkError, encode_file
+    from vqvae.api import Monolith
+    from vqvae.checkpoint import CheckpointError
+
+    try:
+        monolith = Monolith.load(checkpoint, candidates=candidates)
+        report = encode_file(source, out, monolith, column=column, chunk=chunk, workers=workers, threads=threads,
+                             ray=use_ray, replicas=replicas, ray_address=ray_address, overwrite=overwrite,
+                             checkpoint=checkpoint)
+    except (BulkError, CheckpointError, ValueError, OSError) as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(report))
 
 
 @app.command("eval")

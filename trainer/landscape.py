@@ -11,12 +11,17 @@ Sharpness: for radii ε, the largest loss increase found within the relative bal
 ‖δ_f‖ ≤ ε‖w_f‖ per filter: the best of random filter-normalised perturbations, then a few
 projected gradient-ascent steps from it. A flat minimum (small increase up to large ε)
 tends to generalise; a sharp one loses much of its quality to any drift of the weights.
+
+Both take minutes on a CPU: with ``progress`` a tqdm bar on stderr counts every loss
+evaluated (grid points, then each radius's probes and ascent steps), so results on stdout
+stay clean.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from trainer.config import LossConfig
 from trainer.loss_factory import LossSuite, build_loss
@@ -79,29 +85,37 @@ class LossProbe:
 
 
 def grid_losses(probe: LossProbe, d1: list[torch.Tensor], d2: list[torch.Tensor],
-                steps: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    """Coefficients [steps] and losses [steps, steps] (rows: β along d₂, columns: α along d₁)."""
+                steps: int, radius: float, bar: tqdm | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients [steps] and losses [steps, steps] (rows: β along d₂, columns: α along d₁).
+    ``bar`` (optional) advances by one per loss evaluated."""
     coeffs = np.linspace(-radius, radius, steps)
     z = np.empty((steps, steps))
     for i, b in enumerate(coeffs):
         for j, a in enumerate(coeffs):
             z[i, j] = float(probe.loss([a * u + b * v for u, v in zip(d1, d2, strict=True)]))
+            if bar is not None:
+                bar.update(1)
     probe.restore()
     return coeffs, z
 
 
 def sharpness(probe: LossProbe, radii: list[float], samples: int, ascent_steps: int,
-              generator: torch.Generator) -> list[dict[str, float]]:
-    """Per radius: the largest increase over ``samples`` random perturbations, then after ascent."""
+              generator: torch.Generator, bar: tqdm | None = None) -> list[dict[str, float]]:
+    """Per radius: the largest increase over ``samples`` random perturbations, then after ascent.
+    ``bar`` (optional) advances by one per probe and per ascent step."""
     base_loss = float(probe.loss())
     rows = []
     for eps in radii:
+        if bar is not None:
+            bar.set_description(f"sharpness ε={eps:g}")
         best, best_delta = -np.inf, None
         for _ in range(samples):
             delta = [eps * d for d in filter_normalized_direction(probe.model, generator)]
             value = float(probe.loss(delta)) - base_loss
             if value > best:
                 best, best_delta = value, delta
+            if bar is not None:
+                bar.update(1)
         ascended = best
         for _ in range(ascent_steps):
             delta = [d.clone().requires_grad_(p.dim() > 1) for d, p in zip(best_delta, probe.base, strict=True)]
@@ -116,6 +130,8 @@ def sharpness(probe: LossProbe, radii: list[float], samples: int, ascent_steps: 
             value = float(probe.loss(stepped)) - base_loss
             if value > ascended:
                 ascended, best_delta = value, stepped
+            if bar is not None:
+                bar.update(1)
         rows.append({"radius": eps, "random": best, "ascent": ascended})
     probe.restore()
     return rows
@@ -167,9 +183,13 @@ def loss_config_of(meta: dict[str, Any]) -> LossConfig:
 
 def run_landscape(checkpoint: Path, x: np.ndarray, out_dir: Path, steps: int = 21, radius: float = 1.0,
                   radii: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), samples: int = 8,
-                  ascent_steps: int = 5, seed: int = 0) -> LandscapeResult:
-    """Compute the slice and the sharpness curve of a checkpoint on x; write PNGs and a JSON summary."""
-    from trainer.plots import plot_landscape, plot_sharpness
+                  ascent_steps: int = 5, seed: int = 0, progress: bool = False) -> LandscapeResult:
+    """Compute the slice and the sharpness curve of a checkpoint on x; write PNGs and a JSON summary.
+    ``progress``: a tqdm bar on stderr over every loss evaluated."""
+    try:  # before minutes of work, not after
+        from trainer.plots import plot_landscape, plot_sharpness
+    except ImportError as exc:
+        raise ImportError(f"the landscape is drawn with matplotlib ({exc}): pip install 'monolith[plots]'") from exc
 
     ck = load_checkpoint(checkpoint)
     suite = build_loss(loss_config_of(ck.metadata), ck.config, quantize=True)
@@ -177,9 +197,12 @@ def run_landscape(checkpoint: Path, x: np.ndarray, out_dir: Path, steps: int = 2
     gen = torch.Generator().manual_seed(seed)
     d1 = filter_normalized_direction(ck.model, gen)
     d2 = filter_normalized_direction(ck.model, gen)
-    coeffs, z = grid_losses(probe, d1, d2, steps, radius)
-    center = float(probe.loss())
-    sharp = sharpness(probe, list(radii), samples, ascent_steps, gen)
+    total = steps * steps + len(radii) * (samples + ascent_steps)
+    with tqdm(total=total, desc="loss grid", unit="loss", file=sys.stderr, disable=not progress,
+              dynamic_ncols=True) as bar:
+        coeffs, z = grid_losses(probe, d1, d2, steps, radius, bar)
+        center = float(probe.loss())
+        sharp = sharpness(probe, list(radii), samples, ascent_steps, gen, bar)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = LandscapeResult(coeffs, z, center, sharp)
     title = f"{checkpoint.name} ({ck.config.bottleneck}, {len(x)} vectors)"

@@ -129,7 +129,11 @@ class LossHistory:
         """Write the PNGs (rank 0, ``plots`` on); returns their paths."""
         if not (self.enabled and self.cfg.plots and (self.rows or self.val_rows)):
             return []
-        from trainer.plots import plot_code_usage, plot_losses, plot_validation
+        try:
+            from trainer.plots import plot_code_usage, plot_losses, plot_validation
+        except ImportError:  # matplotlib is the optional `plots` extra
+            log.warning("no training plots: matplotlib is not installed (pip install 'monolith[plots]')")
+            return []
 
         self.plot_dir.mkdir(parents=True, exist_ok=True)
         paths = [plot_losses(self.rows, self.plot_dir / "losses.png")] if self.rows else []

@@ -27,6 +27,16 @@ FORMAT = "monolith"
 FORMAT_VERSION = 1
 # Metadata keys stored as JSON strings (safetensors metadata is str → str).
 JSON_KEYS = ("model_config", "provenance", "metrics", "reference_counts", "training", "encoding")
+# sha256 of the tensor data (names, dtypes, shapes, bytes; see tensors_sha256), written at save
+# and verified at load: a header can be intact while a weight is not (a bit flip, a bad copy).
+CHECKSUM_KEY = "tensors_sha256"
+# Checkpoints shipped before CHECKSUM_KEY existed, by file name, and the sha256 of the file:
+# they are verified against it instead (their bytes, and so their codes, are left as they are:
+# rewriting them would change their checksum and orphan every collection built with them).
+SHIPPED_DIR = Path(__file__).resolve().parent / "checkpoints"
+SHIPPED_SHA256 = {
+    "monolith-wiki.safetensors": "f7bccafcd9dd5508e135a962b3235ea01749ed568c4080a40cfb74b8d70bf92e",
+}
 
 
 class CheckpointError(RuntimeError):
@@ -53,6 +63,47 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and raw bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}\0{t.dtype}\0{list(t.shape)}\0".encode())
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
+def check_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Refuse weights that are not the ones saved (checksum) or not finite (NaN/Inf)."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(
+                f"{path}: tensor {name} holds {bad} NaN or Inf values of {t.numel()}; a model with "
+                "non-finite weights answers NaN. The file is corrupt, or was saved from a diverged run"
+            )
+    recorded = meta.get(CHECKSUM_KEY)
+    if recorded is not None:
+        actual = tensors_sha256(tensors)
+        if actual != recorded:
+            raise CheckpointError(
+                f"{path}: its weights do not match the checksum stored when it was saved "
+                f"({CHECKSUM_KEY} {recorded[:12]}…, the data gives {actual[:12]}…): the file is corrupt "
+                "(a bit flip or a damaged copy). Restore it from a good copy"
+            )
+        return
+    pinned = SHIPPED_SHA256.get(path.name) if path.resolve().parent == SHIPPED_DIR else None
+    if pinned is not None:
+        if file_sha256(path) != pinned:
+            raise CheckpointError(
+                f"{path}: the shipped checkpoint's bytes differ from the ones released (sha256 {pinned[:12]}…): "
+                "the file is corrupt. Reinstall the package to restore it"
+            )
+        return
+    log.warning("checkpoint %s has no %s (saved by an older Monolith): its weights cannot be verified; "
+                "re-save it with vqvae.checkpoint.record_metadata to add one", path, CHECKSUM_KEY)
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
@@ -86,7 +137,9 @@ def save_checkpoint(model: MonolithWiki | nn.Module, path: Path, **extra: Any) -
     for key, value in extra.items():
         if value is not None:
             meta[key] = json.dumps(value)
-    atomic_save_tensors(model.state_dict(), path, meta)
+    state = model.state_dict()
+    meta[CHECKSUM_KEY] = tensors_sha256(state)
+    atomic_save_tensors(state, path, meta)
     return Path(path)
 
 
@@ -167,13 +220,15 @@ def load_checkpoint(path: Path, device: str = "cpu") -> Checkpoint:
         raise CheckpointError(
             f"{path} does not match {config.architecture} {config.model_dump()}: " + "; ".join(problems[:8])
         )
+    check_tensors(path, found, meta)
     model.load_state_dict(found)
     model.to(device).eval()
     return Checkpoint(model=model, config=config, path=path, sha256=file_sha256(path), metadata=meta)
 
 
 def load_with_fallback(primary: Path, fallback: Path | None = None, device: str = "cpu") -> Checkpoint:
-    """Load ``primary``; if it is missing or unreadable and a fallback is set, load that instead."""
+    """Load ``primary``; if it is missing, unreadable or corrupt (checksum, non-finite weights)
+    and a fallback is set, load that instead."""
     try:
         return load_checkpoint(primary, device)
     except CheckpointError as exc:

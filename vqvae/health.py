@@ -2,27 +2,32 @@
 
 A compressor wants every code used about equally (≈ log2 K bits per head). The Zipf fit
 is reported so users can compare with the rank–frequency figures they know; it is not a
-target, and the status is judged by dead codes and normalised entropy alone.
+target, and the status is judged by dead codes and normalised entropy alone — and only once
+enough vectors were counted (about 20 per codebook entry): a few requests' codes leave most
+entries unused by chance, which is no sign of a collapsed codebook.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-Status = Literal["healthy", "warning", "collapsed"]
+Status = Literal["healthy", "warning", "collapsed", "insufficient_data"]
 
 
 class HealthThresholds(BaseModel):
-    """When a head stops being healthy. Defaults: ≥ 240 of 256 codes used, ≥ 0.9 of max entropy."""
+    """When a head stops being healthy. Defaults: ≥ 240 of 256 codes used, ≥ 0.9 of max entropy,
+    judged once 20 vectors per codebook entry (5,120 for 256 codes) were counted."""
 
     warn_dead_fraction: float = Field(16 / 256, ge=0, le=1)
     warn_normalized_entropy: float = Field(0.9, ge=0, le=1)
     collapsed_usage: float = Field(0.1, ge=0, le=1)
     collapsed_normalized_entropy: float = Field(0.5, ge=0, le=1)
+    min_counts_per_code: float = Field(20.0, ge=0)
 
 
 class HeadHealth(BaseModel):
@@ -43,6 +48,7 @@ class CodebookHealth(BaseModel):
     heads: list[HeadHealth]
     overall_usage: float
     total_assignments: int
+    min_vectors: int = Field(0, description="Vectors (codes per head) counted before a status is judged")
     status: Status
     reasons: list[str]
 
@@ -126,10 +132,15 @@ def codebook_health(counts: np.ndarray, thresholds: HealthThresholds | None = No
     reasons: list[str] = []
     status: Status = "healthy"
     total = int(counts.sum())
-    if total == 0:
+    min_vectors = math.ceil(t.min_counts_per_code * counts.shape[1])
+    vectors = max((h.total for h in heads), default=0)  # every vector gives each head one code
+    if total == 0 or vectors < min_vectors:
+        seen = "no codes assigned yet" if total == 0 else f"{vectors} vectors counted"
         return CodebookHealth(
-            heads=heads, overall_usage=0.0, total_assignments=0, status="warning",
-            reasons=["no codes assigned yet"],
+            heads=heads, overall_usage=float((counts > 0).mean()) if counts.size else 0.0,
+            total_assignments=total, min_vectors=min_vectors, status="insufficient_data",
+            reasons=[f"{seen}; the status is judged from {min_vectors} ({t.min_counts_per_code:g} per "
+                     f"codebook entry): fewer leave codes unused by chance"],
         )
     for h in heads:
         if h.usage < t.collapsed_usage or h.normalized_entropy < t.collapsed_normalized_entropy:
@@ -147,6 +158,7 @@ def codebook_health(counts: np.ndarray, thresholds: HealthThresholds | None = No
         heads=heads,
         overall_usage=float((counts > 0).mean()),
         total_assignments=total,
+        min_vectors=min_vectors,
         status=status,
         reasons=reasons,
     )

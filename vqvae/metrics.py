@@ -1,4 +1,6 @@
-"""Quality metrics, defined once (docs/architecture.md, "Quality metrics"): recall against exact search, reconstruction cosine.
+"""Quality metrics, defined once: recall against exact search, reconstruction cosine.
+
+Definitions: docs/architecture.md, "Quality metrics".
 
 Ground truth is the exact top-k by inner product over the float vectors (:func:`exact_topk`).
 Every method, Monolith and each baseline, is searched the same way (docs/architecture.md, "Fair

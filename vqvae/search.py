@@ -38,6 +38,7 @@ Backend = Literal["numpy", "faiss"]
 BACKENDS: tuple[Backend, ...] = ("faiss", "numpy")
 DEFAULT_BACKEND: Backend = "faiss"
 MAX_CODES = 256  # one byte per head
+DENSE_MASK = 0.5  # a row mask admitting at least this share is served by an over-fetching full scan
 
 # Score names, reported to users next to the scores (see docs/collections.md).
 METRIC_COSINE = "cosine"  # re-ranked: cosine(query embedding, decoded candidate)
@@ -281,51 +282,95 @@ class CodeIndex:
             raise ValueError(f"latent queries must have shape [Q, {dim}], got {list(z.shape)}")
         return np.ascontiguousarray(z)
 
-    def adc(self, z_e: np.ndarray, k: int, backend: Backend | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Squared latent distances [Q, k] (ascending) and rows [Q, k]; -1 / inf past the count."""
+    def adc(
+        self, z_e: np.ndarray, k: int, backend: Backend | None = None, rows: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Squared latent distances [Q, k] (ascending) and rows [Q, k]; -1 / inf past the count.
+
+        ``rows``: scan only these rows, so the top k are the best k among them (not a filtered
+        global top k): distinct ascending row numbers, or a bool mask over all rows (e.g. the
+        rows a metadata filter matched). A mask admitting most rows is served by a scan of
+        every row for more than k, kept when at least k of them are admitted (then they are
+        exactly the best k admitted), which is cheaper than gathering the admitted codes.
+        """
         z = self._check_latent(z_e)
         if k < 1:
             raise ValueError("k must be at least 1")
         q = len(z)
         dist = np.full((q, k), np.inf, dtype=np.float32)
-        rows = np.full((q, k), -1, dtype=np.int64)
-        kk = min(k, self._n)
+        out_rows = np.full((q, k), -1, dtype=np.int64)
+        if rows is not None and np.asarray(rows).dtype == bool:
+            mask = np.asarray(rows)
+            if mask.shape != (self._n,):
+                raise ValueError(f"a row mask must have one entry per row ({self._n}), got {list(mask.shape)}")
+            admitted = int(np.count_nonzero(mask))
+            if q and admitted >= max(k, DENSE_MASK * self._n):
+                found = self._adc_masked(z, k, backend, mask, admitted)
+                if found is not None:
+                    return found
+            rows = np.flatnonzero(mask)
+        if rows is None:
+            codes = self._codes[: self._n]  # a view: the buffer is C-contiguous
+        else:
+            subset = self._rows(rows)
+            codes = self._gather(subset)
+        kk = min(k, len(codes))
         if q == 0 or kk == 0:
-            return dist, rows
+            return dist, out_rows
         backend = backend or self.backend
         if backend == "faiss":
-            d, r = self._adc_faiss(z, kk)
+            d, r = self._adc_faiss(z, kk, codes)
         elif backend == "numpy":
-            d, r = self._adc_numpy(z, kk)
+            d, r = self._adc_numpy(z, kk, codes)
         else:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        dist[:, :kk], rows[:, :kk] = d, r
-        return dist, rows
+        dist[:, :kk], out_rows[:, :kk] = d, (r if rows is None else np.where(r >= 0, subset[r], -1))
+        return dist, out_rows
 
-    def _adc_faiss(self, z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _adc_masked(self, z: np.ndarray, k: int, backend: Backend | None, mask: np.ndarray,
+                    admitted: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Best k admitted rows from a full scan for more than k; None where some query's
+        scan held fewer than k admitted rows (the caller then scans the admitted rows alone)."""
+        want = min(self._n, int(k * self._n / admitted * 1.5) + 16)  # ~1.5 k admitted expected
+        dist, rows = self.adc(z, want, backend)
+        ok = mask[rows]  # want ≤ n, so every row is valid
+        if not (ok.sum(axis=1) >= k).all():
+            return None
+        first = np.argsort(~ok, axis=1, kind="stable")[:, :k]  # admitted ones, in distance order
+        return np.take_along_axis(dist, first, 1), np.take_along_axis(rows, first, 1)
+
+    def _gather(self, rows: np.ndarray) -> np.ndarray:
+        """The codes of ``rows``, uint8 [len(rows), H], copied contiguously for the kernels."""
+        table = self._codes[: self._n]
+        if self.num_heads == 4:  # one 4-byte copy per row instead of four 1-byte ones
+            return table.view(np.uint32)[rows].view(np.uint8).reshape(-1, 4)
+        return table[rows]
+
+    def _adc_faiss(self, z: np.ndarray, k: int, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import faiss
 
         if self._pq is None:
             pq = faiss.ProductQuantizer(self.num_heads * self.head_dim, self.num_heads, 8)
             faiss.copy_array_to_vector(self.codebooks.ravel(), pq.centroids)
             self._pq = pq
-        codes = np.ascontiguousarray(self._codes[: self._n])  # a view: the buffer is C-contiguous
+        codes = np.ascontiguousarray(codes)
         dist = np.empty((len(z), k), dtype=np.float32)
         rows = np.empty((len(z), k), dtype=np.int64)
         heap = faiss.float_maxheap_array_t()
         heap.nh, heap.k = len(z), k
         heap.val, heap.ids = faiss.swig_ptr(dist), faiss.swig_ptr(rows)
-        self._pq.search(faiss.swig_ptr(z), len(z), faiss.swig_ptr(codes), self._n, heap, True)
+        self._pq.search(faiss.swig_ptr(z), len(z), faiss.swig_ptr(codes), len(codes), heap, True)
         return dist, rows
 
-    def _adc_numpy(self, z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _adc_numpy(self, z: np.ndarray, k: int, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         tables = lookup_tables(z, self.codebooks)  # [Q, H, 256]
         h = self.num_heads
         pairs = h // 2
-        codes = self._codes[: self._n]
+        n = len(codes)
+        codes = np.ascontiguousarray(codes)
         wide = codes[:, : 2 * pairs].view("<u2") if pairs else None  # byte pair → c_a + 256·c_b
-        scores = np.empty(self._n, dtype=np.float32)
-        tmp = np.empty(self._n, dtype=np.float32)
+        scores = np.empty(n, dtype=np.float32)
+        tmp = np.empty(n, dtype=np.float32)
         dist = np.empty((len(z), k), dtype=np.float32)
         rows = np.empty((len(z), k), dtype=np.int64)
         for i, t in enumerate(tables):
@@ -350,18 +395,20 @@ class CodeIndex:
         queries: np.ndarray | None = None,
         decoder: Decoder | None = None,
         backend: Backend | None = None,
+        rows: np.ndarray | None = None,
     ) -> SearchResult:
         """Top-k rows per query.
 
         ``candidates=0``: ADC order, scored as :attr:`metric`. ``candidates>0``: the top
         ``max(candidates, k)`` ADC rows are decoded and re-ranked by cosine with ``queries``
         (the float embeddings whose encoder outputs are ``z_e``), scored as that cosine.
+        ``rows``: search only these rows (see :meth:`adc`).
         """
         if candidates < 0:
             raise ValueError("candidates must be ≥ 0")
         if candidates == 0:
-            dist, rows = self.adc(z_e, k, backend)
-            return SearchResult(rows=rows, scores=self._adc_scores(dist, rows), metric=self.metric)
+            dist, found = self.adc(z_e, k, backend, rows)
+            return SearchResult(rows=found, scores=self._adc_scores(dist, found), metric=self.metric)
         if queries is None or decoder is None:
             raise ValueError("re-ranking (candidates > 0) needs the query embeddings and a decoder")
         x = np.asarray(queries, dtype=np.float32)
@@ -369,7 +416,7 @@ class CodeIndex:
             x = x[None]
         if len(x) != len(np.atleast_2d(z_e)):
             raise ValueError(f"{len(x)} query embeddings for {len(np.atleast_2d(z_e))} latent queries")
-        _, cand = self.adc(z_e, max(candidates, k), backend)
+        _, cand = self.adc(z_e, max(candidates, k), backend, rows)
         return self._rerank(x, cand, k, decoder)
 
     def _adc_scores(self, dist: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ import json
 import numpy as np
 
 from service import validation
+from service.collections.files import nesting_depth
 from service.collections.schemas import SearchRequest, UpsertRequest
 from service.errors import InvalidInput, TooLarge
 from service.settings import Settings
@@ -31,6 +32,8 @@ def item_ids(req: UpsertRequest, settings: Settings) -> list[str]:
             )
         if "\x00" in item_id:
             raise InvalidInput(f"items[{i}].id contains a NUL character")
+        if not validation.is_unicode(item_id):
+            raise InvalidInput(f"items[{i}].id {validation.NOT_UNICODE}")
     for i, item_id in enumerate(ids):
         if item_id in seen:
             raise InvalidInput(
@@ -48,11 +51,20 @@ def item_metadata(req: UpsertRequest, settings: Settings) -> list[str | None]:
         if item.metadata is None:
             out.append(None)
             continue
+        depth = nesting_depth(item.metadata, settings.max_metadata_depth)
+        if depth > settings.max_metadata_depth:
+            raise InvalidInput(
+                f"items[{i}].metadata nests more than {settings.max_metadata_depth} levels of objects and arrays "
+                "(MONOLITH_MAX_METADATA_DEPTH); flatten it"
+            )
         try:
             raw = json.dumps(item.metadata, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         except ValueError:
             raise InvalidInput(f"items[{i}].metadata contains NaN or Infinity, which JSON cannot carry") from None
-        size = len(raw.encode("utf-8"))
+        try:
+            size = len(raw.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise InvalidInput(f"items[{i}].metadata {validation.NOT_UNICODE}") from None
         if size > settings.max_metadata_bytes:
             raise InvalidInput(
                 f"items[{i}].metadata is {size} bytes as JSON, more than the limit of "

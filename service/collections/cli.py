@@ -21,6 +21,7 @@ from rich.table import Table
 from tqdm import tqdm
 
 from service.cli_errors import fail, user_errors
+from service.collections import transfer
 from service.collections.collection import Collection, StoreModel
 from service.collections.errors import StoreError
 from service.collections.store import Store
@@ -40,6 +41,9 @@ Checkpoint = Annotated[
     Path | None,
     typer.Option("--checkpoint", envvar="MONOLITH_CHECKPOINT", help="Checkpoint; default: the shipped one"),
 ]
+
+
+PROGRESS_ROWS = 256  # items embedded and encoded between two updates of a progress bar
 
 
 class CliError(Exception):
@@ -146,23 +150,33 @@ def build(
     """Encode embeddings (--npy) or texts (--texts) and upsert them into a collection."""
     if (npy is None) == (texts is None):
         fail("give exactly one of --npy or --texts")
+    console.print("loading the model…")
     monolith = _load_model(checkpoint)
     vectors, lines = _read_items(npy, texts, monolith.config.input_dim)
     n = len(vectors) if vectors is not None else len(lines or [])
     item_ids = _read_ids(ids, n)
     metas = _read_metadata(metadata, n)
+    if lines is not None:
+        console.print(f"embedding {n} texts (the text model loads with the first {PROGRESS_ROWS})…")
     store = Store(data_dir, StoreModel.from_monolith(monolith))
     try:
         col = _open_collection(store, name, description, recreate)
-        with tqdm(total=n, unit="item", desc=f"build {name}") as bar:
+        # The bar (stderr) moves every PROGRESS_ROWS items; writes still commit per --batch-size.
+        with tqdm(total=n, unit="item", desc=f"build {name}", dynamic_ncols=True) as bar:
             for part in _batches(n, batch_size):
-                if vectors is not None:
-                    x, payload = _checked_rows(vectors, part, monolith.config.input_dim), None
-                else:
-                    assert lines is not None
-                    x, payload = monolith.embed_text(lines[part]), (lines[part] if store_text else None)
-                col.upsert(item_ids[part], monolith.encode(x), metas[part], payload)
-                bar.update(part.stop - part.start)
+                codes = []
+                for sub in _batches(part.stop - part.start, PROGRESS_ROWS):
+                    rows = slice(part.start + sub.start, part.start + sub.stop)
+                    if vectors is not None:
+                        x = _checked_rows(vectors, rows, monolith.config.input_dim)
+                    else:
+                        assert lines is not None
+                        x = monolith.embed_text(lines[rows])
+                    codes.append(monolith.encode(x))
+                    bar.update(rows.stop - rows.start)
+                payload = lines[part] if lines is not None and store_text else None
+                col.upsert(item_ids[part], np.concatenate(codes), metas[part], payload)
+                bar.set_postfix(stored=part.stop)
         typer.echo(f"done: {name!r} holds {len(col)} items in {col.path}")
     finally:
         store.close()
@@ -248,6 +262,66 @@ def search(
     hits, metric = col.search(monolith.search_latent(x), x, k, candidates)
     for row in hits:
         typer.echo(json.dumps({"metric": metric, "hits": [h.__dict__ for h in row]}, ensure_ascii=False))
+
+
+@app.command("export")
+@handled
+def export_(
+    name: str,
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Default: NAME.monolith.gz")] = None,
+    data_dir: DataDir = Path("data"),
+    checkpoint: Checkpoint = None,
+) -> None:
+    """Write a collection to one file (codes, ids, texts, metadata, checkpoint sha256, checksum).
+
+    Safe while the server writes to the collection: the file is one consistent snapshot."""
+    out = output or Path(f"{name}{transfer.SUFFIX}")
+    col = Store(data_dir, StoreModel.from_monolith(_load_model(checkpoint))).get(name)
+    with tqdm(total=len(col), unit="item", desc=f"export {name}", dynamic_ncols=True) as bar:
+        size = transfer.export_to_file(col.path, name, out, lambda done, total: bar.update(done - bar.n))
+    typer.echo(f"exported {name!r}: {len(col)} items, {size / 1e6:.1f} MB in {out}")
+
+
+@app.command("import")
+@handled
+def import_(
+    file: Annotated[Path, typer.Argument(help="An export file (monolith-collection export, or GET …/export)")],
+    name: Annotated[str | None, typer.Option(help="Collection name; default: the name in the file")] = None,
+    replace: Annotated[bool, typer.Option(help="Replace the collection if it exists")] = False,
+    data_dir: DataDir = Path("data"),
+    checkpoint: Checkpoint = None,
+) -> None:
+    """Create a collection from an export file, all or nothing (refused if it was made with
+    another checkpoint, or is truncated or altered)."""
+    if not file.is_file():
+        raise CliError(f"export file not found: {file}")
+    store = Store(data_dir, StoreModel.from_monolith(_load_model(checkpoint)))
+    with file.open("rb") as fh, tqdm(unit="item", desc="import", dynamic_ncols=True) as bar:
+        target = name or _name_in(fh)
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        col, count, created = transfer.import_collection(store, target, fh, replace, progress=progress)
+    typer.echo(f"imported {count} items into {target!r} ({'new' if created else 'replaced'}) in {col.path}")
+
+
+def _name_in(fh: Any) -> str:
+    """The collection name an export's header records; the file is rewound after."""
+    import gzip
+
+    try:
+        header = json.loads(gzip.GzipFile(fileobj=fh).readline(1 << 20))
+        found = header["name"]
+    except (OSError, EOFError, ValueError, KeyError, TypeError):
+        raise CliError(f"{fh.name} is not a Monolith collection export (no readable header); "
+                       "give --name to try anyway") from None
+    finally:
+        fh.seek(0)
+    if not isinstance(found, str):
+        raise CliError("the export's header has no collection name; give --name")
+    return found
 
 
 def main() -> None:

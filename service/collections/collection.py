@@ -25,9 +25,11 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from service.collections import files
+from service.collections import files, partitions
 from service.collections.errors import CollectionCorrupt, CollectionNotFound
+from service.collections.filters import Filter, MetadataColumns
 from vqvae.decoding import CodeDecoder
+from vqvae.ivf import IVFCodeIndex
 from vqvae.search import Backend, CodeIndex, Decoder, swap_remove_plan
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ class Hit:
     id: str
     score: float
     metadata: dict[str, Any] | None
+    text: str | None = None
 
 
 @dataclass
@@ -105,6 +108,7 @@ class CollectionInfo:
     size_bytes: int | None = None
     model: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    index: dict[str, Any] = field(default_factory=dict)  # kind and, for IVF, lists/probe (``partitions``)
 
 
 class Collection:
@@ -122,11 +126,21 @@ class Collection:
         self.conn = files.connect(path, synchronous)
         self._inode = os.stat(path).st_ino
         self.index = self._new_index(backend)
+        self.columns = MetadataColumns()  # metadata of the keys filters use, by row (``filters``)
         self._data_version = -1
         self._reload()
 
-    def _new_index(self, backend: Backend) -> CodeIndex:
-        return CodeIndex(self.model.codebooks, backend=backend, latent_unit_heads=self.model.latent_unit_heads)
+    def _new_index(self, backend: Backend) -> CodeIndex | IVFCodeIndex:
+        """Flat, or partitioned as the collection's meta says (``partitions``)."""
+        return partitions.new_index(self.model, self.meta, backend)
+
+    def _codes_at(self, slots: Sequence[int]) -> dict[int, bytes]:
+        """The stored codes of ``slots`` (a partitioned index finds an entry from its codes)."""
+        found: dict[int, bytes] = {}
+        for part in files.chunks(list(slots)):
+            marks = ",".join("?" * len(part))
+            found.update(self.conn.execute(f"SELECT slot, codes FROM items WHERE slot IN ({marks})", part))
+        return found
 
     # ---- consistency ---------------------------------------------------------------------
 
@@ -134,6 +148,7 @@ class Collection:
         """Rebuild the index from SQLite (at open, and after another process wrote)."""
         t0 = time.perf_counter()
         self._data_version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        self.meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())  # index config may change
         n = self.conn.execute("SELECT count(*) FROM items").fetchone()[0]
         index = self._new_index(self.index.backend)
         index.reserve(n)
@@ -148,7 +163,10 @@ class Collection:
         if not dense:
             log.warning("collection %s: slots were not dense; renumbering", self.name)
             self._renumber()
+        if isinstance(index, IVFCodeIndex):
+            index.finish_load()  # loaded by chunks: allocate each list once, at its size
         self.index = index
+        self.columns.reset(n)
         log.info("collection %s: %d codes loaded in %.2fs", self.name, n, time.perf_counter() - t0)
 
     def _stored_codes(self, rows: list[tuple[int, bytes]]) -> np.ndarray:
@@ -223,6 +241,7 @@ class Collection:
                 description=self.meta.get("description") or None,
                 size_bytes=files.size_on_disk(self.path),
                 model=json.loads(self.meta.get("model_config", "{}")),
+                index=partitions.describe(self.index, self.meta),
             )
 
     def get(self, item_id: str) -> StoredItem | None:
@@ -233,6 +252,37 @@ class Collection:
             return None
         return StoredItem(id=row[0], codes=list(row[1]), metadata=files.loads(row[2]), text=row[3])
 
+    def get_many(self, ids: Sequence[str]) -> dict[str, StoredItem]:
+        """The items of those ``ids`` that exist, by id (one read transaction: a consistent view)."""
+        found: dict[str, StoredItem] = {}
+        with self._lock:
+            self.sync()
+            with files.read_snapshot(self.conn):
+                for part in files.chunks(list(dict.fromkeys(ids))):
+                    marks = ",".join("?" * len(part))
+                    for row in self.conn.execute(
+                        f"SELECT id, codes, metadata, text FROM items WHERE id IN ({marks})", part
+                    ):
+                        found[row[0]] = StoredItem(id=row[0], codes=list(row[1]), metadata=files.loads(row[2]),
+                                                   text=row[3])
+        return found
+
+    def page(self, limit: int, after: str | None = None) -> tuple[list[StoredItem], str | None]:
+        """Up to ``limit`` items in id order, after the id ``after``; and the id to continue
+        after (None when this page is the last). Keyset pagination: each page is a fresh
+        indexed query, so concurrent writes never make a listing skip or repeat an item that
+        stays in the collection (items added or deleted meanwhile may or may not be seen)."""
+        with self._lock:
+            self.sync()
+            if after is None:
+                cur = self.conn.execute("SELECT id, codes, metadata, text FROM items ORDER BY id LIMIT ?", (limit + 1,))
+            else:
+                cur = self.conn.execute("SELECT id, codes, metadata, text FROM items WHERE id > ? ORDER BY id LIMIT ?",
+                                        (after, limit + 1))
+            rows = cur.fetchall()
+        items = [StoredItem(id=r[0], codes=list(r[1]), metadata=files.loads(r[2]), text=r[3]) for r in rows[:limit]]
+        return items, (items[-1].id if len(rows) > limit else None)
+
     def _slots_of(self, ids: Sequence[str]) -> dict[str, int]:
         found: dict[str, int] = {}
         for part in files.chunks(ids):
@@ -240,37 +290,62 @@ class Collection:
             found.update(self.conn.execute(f"SELECT id, slot FROM items WHERE id IN ({marks})", part).fetchall())
         return found
 
-    def _items_at(self, slots: list[int]) -> dict[int, tuple[str, str | None]]:
-        found: dict[int, tuple[str, str | None]] = {}
+    def _items_at(self, slots: list[int]) -> dict[int, tuple[str, str | None, str | None]]:
+        found: dict[int, tuple[str, str | None, str | None]] = {}
         for part in files.chunks(slots):
             marks = ",".join("?" * len(part))
-            for slot, item_id, meta in self.conn.execute(
-                f"SELECT slot, id, metadata FROM items WHERE slot IN ({marks})", part
+            for slot, item_id, meta, text in self.conn.execute(
+                f"SELECT slot, id, metadata, text FROM items WHERE slot IN ({marks})", part
             ):
-                found[slot] = (item_id, meta)
+                found[slot] = (item_id, meta, text)
         return found
 
+    def prepare_filter(self, flt: Filter | None) -> None:
+        """Build the in-memory columns ``flt`` needs (a scan of the file, the first time a key
+        is filtered on), so that the search itself, on the model thread, only evaluates it."""
+        if flt is not None:
+            with self._lock:
+                self.sync()
+                self.columns.ensure(flt.keys, self.conn)
+
     def search(
-        self, z_e: np.ndarray, queries: np.ndarray | None, k: int, candidates: int = 0
+        self,
+        z_e: np.ndarray,
+        queries: np.ndarray | None,
+        k: int,
+        candidates: int = 0,
+        flt: Filter | None = None,
+        score_threshold: float | None = None,
+        probe: int | None = None,
     ) -> tuple[list[list[Hit]], str]:
-        """Top-k hits per query; see :meth:`vqvae.search.CodeIndex.search` for the scores."""
+        """Top-k hits per query; see :meth:`vqvae.search.CodeIndex.search` for the scores.
+
+        ``flt``: only items whose metadata match are scanned (the filter runs before the
+        scan, so k hits come back whenever k items match); ``score_threshold``: hits scoring
+        below it are left out. ``probe``: lists a partitioned collection visits (flat ones scan all).
+        """
+        extra = {"probe": probe} if isinstance(self.index, IVFCodeIndex) else {}
         with self._lock:
             self.sync()
-            res = self.index.search(z_e, k, candidates=candidates, queries=queries, decoder=self.model.decoder)
+            rows = self.columns.mask(flt, self.conn) if flt is not None else None  # bool [n]
+            if rows is not None and isinstance(self.index, IVFCodeIndex):
+                rows = np.flatnonzero(rows)  # the partitioned index takes row numbers
+            res = self.index.search(z_e, k, candidates=candidates, queries=queries, decoder=self.model.decoder,
+                                    rows=rows, **extra)
             found = self._items_at(np.unique(res.rows[res.rows >= 0]).tolist())
         parsed: dict[int, dict[str, Any] | None] = {}
         hits: list[list[Hit]] = []
         for rows, scores in zip(res.rows.tolist(), res.scores.tolist(), strict=True):
             out = []
             for row, score in zip(rows, scores, strict=True):
-                if row < 0:
-                    break
+                if row < 0 or (score_threshold is not None and score < score_threshold):
+                    break  # best first: every later hit scores lower
                 if row not in found:  # cannot happen while slots and rows agree; never invent hits
                     log.error("collection %s: row %d has no item", self.name, row)
                     continue
                 if row not in parsed:
                     parsed[row] = files.loads(found[row][1])
-                out.append(Hit(id=found[row][0], score=float(score), metadata=parsed[row]))
+                out.append(Hit(id=found[row][0], score=float(score), metadata=parsed[row], text=found[row][2]))
             hits.append(out)
         return hits, res.metric
 
@@ -305,6 +380,7 @@ class Collection:
                 n = len(self.index)
                 upd_pos = [i for i, item_id in enumerate(ids) if item_id in existing]
                 new_pos = [i for i, item_id in enumerate(ids) if item_id not in existing]
+                old = self._codes_at([existing[ids[i]] for i in upd_pos]) if self._keyed_by_codes() else None
                 self.conn.executemany(
                     "UPDATE items SET codes = ?, metadata = ?, text = ? WHERE slot = ?",
                     [(blobs[i], metadata[i], texts[i], existing[ids[i]]) for i in upd_pos],
@@ -314,14 +390,34 @@ class Collection:
                     [(n + j, ids[i], blobs[i], metadata[i], texts[i]) for j, i in enumerate(new_pos)],
                 )
             self._after_commit(self._index_upsert, [existing[ids[i]] for i in upd_pos], codes[upd_pos],
-                               codes[new_pos])
+                               codes[new_pos], [metadata[i] for i in upd_pos], [metadata[i] for i in new_pos], old)
+            partitions.maybe_train(self)
             return UpsertStats(inserted=len(new_pos), updated=len(upd_pos), count=len(self.index))
 
-    def _index_upsert(self, rows: list[int], replaced: np.ndarray, added: np.ndarray) -> None:
+    def _keyed_by_codes(self) -> bool:
+        """Whether the index finds an entry from its codes (partitioned), so writes pass them."""
+        return isinstance(self.index, IVFCodeIndex)
+
+    def _index_upsert(self, rows: list[int], replaced: np.ndarray, added: np.ndarray,
+                      replaced_meta: list[str | None], added_meta: list[str | None],
+                      old: dict[int, bytes] | None = None) -> None:
         if rows:
-            self.index.replace(rows, replaced)
+            if old is not None and isinstance(self.index, IVFCodeIndex):
+                self.index.replace(rows, replaced, old_codes=old)
+            else:
+                self.index.replace(rows, replaced)
+            self.columns.replace(rows, replaced_meta)
         if len(added):
             self.index.add(added)
+            self.columns.add(added_meta)
+
+    def _index_remove(self, slots: list[int], moves: list[tuple[int, int]],
+                      old: dict[int, bytes] | None = None) -> None:
+        if old is not None and isinstance(self.index, IVFCodeIndex):
+            self.index.remove(slots, moves, codes=old)
+        else:
+            self.index.remove(slots, moves)
+        self.columns.remove(len(slots), moves)
 
     def delete(self, ids: Sequence[str]) -> list[str]:
         """Delete items; returns the ids that existed. Durable when this returns."""
@@ -333,12 +429,22 @@ class Collection:
                 if not found:
                     return []
                 slots = list(found.values())
+                moves = swap_remove_plan(len(self.index), slots)
+                old = self._codes_at(sorted(set(slots) | {s for s, _ in moves})) if self._keyed_by_codes() else None
                 for part in files.chunks(slots):
                     self.conn.execute(f"DELETE FROM items WHERE slot IN ({','.join('?' * len(part))})", part)
-                moves = swap_remove_plan(len(self.index), slots)
                 self.conn.executemany("UPDATE items SET slot = ? WHERE slot = ?", [(d, s) for s, d in moves])
-            self._after_commit(self.index.remove, slots, moves)
+            self._after_commit(self._index_remove, slots, moves, old)
             return [i for i in ids if i in found]
+
+    def train(self, lists: int | None = None) -> dict[str, Any]:
+        """(Re-)train a partitioned collection's lists on its stored codes (``partitions.train``)."""
+        with self._lock:
+            self.sync()
+            if not isinstance(self.index, IVFCodeIndex):
+                raise ValueError(f"collection {self.name!r} is flat: create it with "
+                                 '{"index": {"kind": "ivf"}} (PUT again with that body converts it)')
+            return partitions.train(self, lists)
 
     def set_description(self, description: str) -> None:
         with self._lock:

@@ -30,3 +30,19 @@ class CheckpointMismatch(StoreError):
 
 class CollectionCorrupt(StoreError):
     """The file is not a collection this Monolith can read."""
+
+
+class InvalidFilter(StoreError):
+    """A search filter that cannot be evaluated (unknown operator, wrong value type)."""
+
+
+class InvalidExport(StoreError):
+    """An export file that is not one, or was truncated or altered (its checksum disagrees)."""
+
+
+class CollectionExists(StoreError):
+    """An import into a collection that already exists, without asking to replace it."""
+
+
+class StorageFull(StoreError):
+    """The disk (or quota) holding the collections is full: the write was rolled back, nothing changed."""

@@ -16,7 +16,9 @@ power-loss safety).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -24,7 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from service.collections.errors import CheckpointMismatch, CollectionCorrupt, CollectionNotFound
+from service.collections.errors import CheckpointMismatch, CollectionCorrupt, CollectionNotFound, StorageFull
+
+log = logging.getLogger(__name__)
 
 SUFFIX = ".sqlite3"
 SCHEMA_VERSION = 1
@@ -43,14 +47,54 @@ def connect(path: Path, synchronous: str, readonly: bool = False) -> sqlite3.Con
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """``BEGIN IMMEDIATE … COMMIT``: durable when the block exits, rolled back if it raises."""
-    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+    except (sqlite3.Error, OSError) as exc:
+        if is_disk_full(exc):
+            raise StorageFull(storage_full_message(_db_folder(conn))) from exc
+        raise
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """SQLite's SQLITE_FULL ("database or disk is full") or the OS's ENOSPC / EDQUOT."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return (code is not None and code & 0xFF == sqlite3.SQLITE_FULL) or "disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def storage_full_message(folder: Path | str | None) -> str:
+    where = f"the disk holding {folder}" if folder else "the disk holding the collections"
+    return (
+        f"{where} is full (or over its quota): this write was rolled back and nothing stored changed. "
+        "Free space there (or grow the volume, or move MONOLITH_DATA_DIR to a larger disk), then retry; "
+        "reads and searches keep working meanwhile"
+    )
+
+
+def _db_folder(conn: sqlite3.Connection) -> Path | None:
+    with contextlib.suppress(sqlite3.Error, IndexError, TypeError):
+        return Path(conn.execute("PRAGMA database_list").fetchone()[2]).parent.parent
+    return None
+
+
+@contextlib.contextmanager
+def read_snapshot(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN … COMMIT`` around reads: every query inside sees one snapshot of the file (WAL),
+    whatever other connections commit meanwhile."""
+    conn.execute("BEGIN")
     try:
         yield
-        conn.execute("COMMIT")
-    except BaseException:
+    finally:
         with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
+            conn.execute("COMMIT")
 
 
 def chunks(seq: Sequence[Any], size: int = SQL_CHUNK) -> Iterator[Sequence[Any]]:
@@ -59,7 +103,17 @@ def chunks(seq: Sequence[Any], size: int = SQL_CHUNK) -> Iterator[Sequence[Any]]
 
 
 def create_file(path: Path, meta: dict[str, Any], num_heads: int, description: str | None) -> None:
-    """A new, empty collection file (the caller links it into place)."""
+    """A new, empty collection file (the caller links it into place); ``StorageFull`` when the
+    disk has no room for it (the caller removes the partial file)."""
+    try:
+        _create_file(path, meta, num_heads, description)
+    except (sqlite3.Error, OSError) as exc:
+        if is_disk_full(exc):
+            raise StorageFull(storage_full_message(path.parent.parent)) from exc
+        raise
+
+
+def _create_file(path: Path, meta: dict[str, Any], num_heads: int, description: str | None) -> None:
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         conn.execute("PRAGMA journal_mode=WAL")
@@ -150,5 +204,59 @@ def dumps(meta: str | dict[str, Any] | None) -> str | None:
     return json.dumps(meta, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
+# Metadata is returned nested at most this deep: pydantic's serialiser gives up near 255 levels,
+# and one item that cannot be serialised would fail every search that finds it. Upserts are held
+# to MONOLITH_MAX_METADATA_DEPTH (≤ this); deeper metadata stored before that limit existed is
+# returned with each object or array at this depth as its JSON text.
+MAX_READ_DEPTH = 128
+
+
 def loads(raw: str | None) -> dict[str, Any] | None:
-    return None if raw is None else json.loads(raw)
+    """Stored metadata, parsed; always serialisable, whatever was stored (see MAX_READ_DEPTH)."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        log.warning("stored metadata is not readable JSON; returned as text under '_unparsed'")
+        return {"_unparsed": raw}
+    if nesting_depth(value, MAX_READ_DEPTH) > MAX_READ_DEPTH:
+        value = _flatten_below(value, MAX_READ_DEPTH)
+    return value if isinstance(value, dict) else {"_value": value}
+
+
+def nesting_depth(value: Any, stop: int) -> int:
+    """Levels of objects and arrays in a parsed JSON value (a scalar is 0; ``{}`` is 1), counted
+    without recursion and only up to ``stop + 1``: enough to refuse, whatever the nesting."""
+    deepest = 0
+    todo: list[tuple[Any, int]] = [(value, 0)]
+    while todo:
+        node, level = todo.pop()
+        if isinstance(node, dict | list):
+            level += 1
+            deepest = max(deepest, level)
+            if level > stop:
+                return level
+            todo.extend((child, level) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def _flatten_below(value: Any, levels: int) -> Any:
+    """``value`` with every object or array ``levels`` deep replaced by its compact JSON text
+    (built without recursion: the stack is the thing that is short here)."""
+    root: list[Any] = [value]
+    todo: list[tuple[Any, Any, Any, int]] = [(root, 0, value, 1)]
+    while todo:
+        parent, key, node, level = todo.pop()
+        if not isinstance(node, dict | list):
+            continue
+        if level >= levels:
+            try:
+                parent[key] = json.dumps(node, ensure_ascii=False, separators=(",", ":"))
+            except (ValueError, RecursionError):
+                parent[key] = "(nested too deeply to show)"
+            continue
+        copy: Any = dict(node) if isinstance(node, dict) else list(node)
+        parent[key] = copy
+        todo.extend((copy, k, v, level + 1) for k, v in (copy.items() if isinstance(copy, dict) else enumerate(copy)))
+    return root[0]

@@ -8,30 +8,44 @@ thread pool so they never hold up model work. Store errors reach the client thro
 
 from __future__ import annotations
 
-from typing import Any
+import base64
+import binascii
+import io
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from service import validation
 from service.batcher import MicroBatcher
+from service.collections import transfer
 from service.collections.checks import item_embedding, item_ids, item_metadata, item_text, search_limits
-from service.collections.collection import CollectionInfo
+from service.collections.collection import CollectionInfo, StoredItem
 from service.collections.errors import ItemNotFound
+from service.collections.filters import parse_filter
 from service.collections.schemas import (
+    MAX_PAGE,
     CollectionCreate,
     CollectionList,
     CollectionOut,
     Deleted,
+    DeletedMany,
+    ImportResponse,
+    ItemIds,
     ItemOut,
+    ItemPage,
+    ItemsOut,
     SearchHit,
     SearchRequest,
     SearchResponse,
+    TrainRequest,
     UpsertRequest,
     UpsertResponse,
 )
 from service.deps import AppSettings, Batcher, Collections
+from service.errors import InvalidInput
 from service.schemas import ErrorResponse
 from service.settings import Settings
 
@@ -65,9 +79,25 @@ async def create_collection(
     name: str, response: Response, store: Collections, body: CollectionCreate | None = None
 ) -> CollectionOut:
     description = body.description if body is not None else None
-    col, created = await run_in_threadpool(store.create, name, description)
+    index = body.index if body is not None else None
+    col, created = await run_in_threadpool(store.create, name, description, index)
     if not created:
         response.status_code = status.HTTP_200_OK
+    return _out(await run_in_threadpool(col.info))
+
+
+@router.post(
+    "/collections/{name}/train",
+    response_model=CollectionOut,
+    responses={**ERRORS, 422: {**_ERR, "description": "The collection is flat, or the request is invalid"}},
+    summary="(Re-)train a partitioned collection's lists on its stored codes (no re-encoding)",
+)
+async def train_collection(name: str, store: Collections, body: TrainRequest | None = None) -> CollectionOut:
+    col = await run_in_threadpool(store.get, name)
+    if (await run_in_threadpool(col.info)).index.get("kind") != "ivf":
+        raise InvalidInput(f"collection {name!r} is flat: PUT it with {{\"index\": {{\"kind\": \"ivf\"}}}} first")
+    lists = body.lists if body is not None else None
+    await run_in_threadpool(col.train, lists)
     return _out(await run_in_threadpool(col.info))
 
 
@@ -125,6 +155,61 @@ async def upsert_items(
                           count=stats.count)
 
 
+def _item(item: StoredItem) -> ItemOut:
+    return ItemOut(id=item.id, codes=item.codes, metadata=item.metadata, text=item.text)
+
+
+def _cursor(last_id: str) -> str:
+    """Opaque to clients: the last id of the page, base64url (safe in a query string)."""
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+def _after(cursor: str) -> str:
+    try:
+        after = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        after = ""
+    if not after:
+        raise InvalidInput("cursor is not one this server gave out; start the listing again without a cursor")
+    return after
+
+
+@router.get("/collections/{name}/items", response_model=ItemPage, responses=ERRORS,
+            summary="List items, page by page, in id order")
+async def list_items(
+    name: str,
+    store: Collections,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Items per page")] = 100,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+) -> ItemPage:
+    after = _after(cursor) if cursor else None
+    col = await run_in_threadpool(store.get, name)
+    items, last = await run_in_threadpool(col.page, limit, after)
+    return ItemPage(items=[_item(i) for i in items], next_cursor=_cursor(last) if last is not None else None)
+
+
+@router.post("/collections/{name}/items/get", response_model=ItemsOut,
+             responses={**ERRORS, 413: {**_ERR, "description": "More ids than MONOLITH_MAX_BATCH"}},
+             summary="Fetch many items by id")
+async def get_items(name: str, req: ItemIds, store: Collections, settings: AppSettings) -> ItemsOut:
+    validation.batch_size(len(req.ids), settings.max_batch)
+    col = await run_in_threadpool(store.get, name)
+    found = await run_in_threadpool(col.get_many, req.ids)
+    ids = list(dict.fromkeys(req.ids))
+    return ItemsOut(items=[_item(found[i]) for i in ids if i in found], missing=[i for i in ids if i not in found])
+
+
+@router.post("/collections/{name}/items/delete", response_model=DeletedMany,
+             responses={**ERRORS, 413: {**_ERR, "description": "More ids than MONOLITH_MAX_BATCH"}},
+             summary="Delete many items by id (durable when answered)")
+async def delete_items(name: str, req: ItemIds, store: Collections, settings: AppSettings) -> DeletedMany:
+    validation.batch_size(len(req.ids), settings.max_batch)
+    col = await run_in_threadpool(store.get, name)
+    deleted = await run_in_threadpool(col.delete, req.ids)
+    gone = set(deleted)
+    return DeletedMany(deleted=deleted, missing=[i for i in dict.fromkeys(req.ids) if i not in gone])
+
+
 @router.get("/collections/{name}/items/{item_id:path}", response_model=ItemOut, responses=ERRORS,
             summary="An item: its codes, metadata and text")
 async def get_item(name: str, item_id: str, store: Collections) -> ItemOut:
@@ -132,7 +217,7 @@ async def get_item(name: str, item_id: str, store: Collections) -> ItemOut:
     item = await run_in_threadpool(col.get, item_id)
     if item is None:
         raise ItemNotFound(name, item_id)
-    return ItemOut(id=item.id, codes=item.codes, metadata=item.metadata, text=item.text)
+    return _item(item)
 
 
 @router.delete("/collections/{name}/items/{item_id:path}", response_model=Deleted, responses=ERRORS,
@@ -154,7 +239,7 @@ async def _query_vectors(req: SearchRequest, batcher: MicroBatcher, settings: Se
     assert req.embeddings is not None
     dim = batcher.monolith.config.input_dim
     validation.row_lengths(req.embeddings, dim, "embeddings")
-    return validation.embeddings(req.embeddings, dim)
+    return validation.query_embeddings(req.embeddings, dim)  # unit length: huge norms overflowed
 
 
 @router.post(
@@ -167,13 +252,72 @@ async def search(
     name: str, req: SearchRequest, batcher: Batcher, store: Collections, settings: AppSettings
 ) -> SearchResponse:
     candidates = search_limits(req, settings)
+    flt = parse_filter(req.filter)
     col = await run_in_threadpool(store.get, name)
+    await run_in_threadpool(col.prepare_filter, flt)
     x = await _query_vectors(req, batcher, settings)
     monolith = batcher.monolith
 
     def run() -> tuple[list[list[Any]], str]:
-        return col.search(monolith.search_latent(x), x, req.k, candidates)
+        return col.search(monolith.search_latent(x), x, req.k, candidates, flt, req.score_threshold, req.probe)
 
     hits, metric = await batcher.call(run)
-    results = [[SearchHit(id=h.id, score=h.score, metadata=h.metadata) for h in row] for row in hits]
+    results = [[SearchHit(id=h.id, score=h.score, metadata=h.metadata, text=h.text) for h in row] for row in hits]
     return SearchResponse(results=results, metric=metric, candidates=candidates)
+
+
+# ---- export / import -----------------------------------------------------------------------
+
+
+@router.get(
+    "/collections/{name}/export",
+    response_class=StreamingResponse,
+    responses={
+        **ERRORS,
+        200: {"content": {transfer.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+              "description": "The collection as one file (gzip JSON lines; docs/collections.md), streamed"},
+    },
+    summary="Export a collection as one file (a consistent snapshot, safe while it is written)",
+)
+async def export_collection(name: str, store: Collections) -> StreamingResponse:
+    col = await run_in_threadpool(store.get, name)
+    return StreamingResponse(
+        transfer.export_gzip(col.path, name),
+        media_type=transfer.MEDIA_TYPE,
+        headers={"Content-Disposition": f'attachment; filename="{name}{transfer.SUFFIX}"'},
+    )
+
+
+@router.post(
+    "/collections/{name}/import",
+    response_model=ImportResponse,
+    status_code=status.HTTP_201_CREATED,
+    responses={
+        **ERRORS,
+        200: {"model": ImportResponse, "description": "Replaced an existing collection (replace=true)"},
+        409: {**_ERR, "description": "Made with another checkpoint, or the collection exists (use replace=true)"},
+        413: {**_ERR, "description": "File larger than MONOLITH_MAX_BODY_BYTES (use monolith-collection import)"},
+        422: {**_ERR, "description": "Not an export, or truncated or altered (checksum)"},
+    },
+    openapi_extra={"requestBody": {"required": True, "content": {
+        transfer.MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}}},
+    summary="Import a collection from an export file (all or nothing)",
+)
+async def import_collection(
+    name: str,
+    request: Request,
+    response: Response,
+    store: Collections,
+    settings: AppSettings,
+    replace: Annotated[bool, Query(description="Replace the collection if it exists")] = False,
+) -> ImportResponse:
+    store.path(name)  # a bad name is a 422 before the upload is read
+    body = await request.body()
+    if not body:
+        raise InvalidInput("send the export file (from GET /collections/{name}/export) as the request body")
+    limits = transfer.ImportLimits(settings.max_id_chars, settings.max_metadata_bytes)
+    col, count, created = await run_in_threadpool(transfer.import_collection, store, name, io.BytesIO(body),
+                                                  replace, limits)
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return ImportResponse(collection=_out(await run_in_threadpool(col.info)), imported=count, replaced=not created)

@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.collections.partitions import IndexSpec
+
 MAX_K = 1000
 
 
@@ -18,6 +20,17 @@ class CollectionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     description: str | None = Field(None, max_length=2000, description="Free text shown by GET")
+    index: IndexSpec | None = Field(
+        None, description='How searches scan: {"kind": "flat"} (default: every code) or {"kind": "ivf", "lists": n} '
+        "(the probe nearest partitions); given for an existing collection, its index is rebuilt from the stored codes",
+        examples=[{"kind": "ivf", "lists": 1024}],
+    )
+
+
+class TrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lists: int | None = Field(None, ge=2, le=65_536, description="Lists to train (default: the collection's)")
 
 
 class CollectionOut(BaseModel):
@@ -32,6 +45,10 @@ class CollectionOut(BaseModel):
     size_bytes: int | None = Field(None, description="Database (+ WAL) bytes on disk")
     model: dict[str, Any] = Field(default_factory=dict, description="The model config the codes belong to")
     error: str | None = Field(None, description="Why the collection cannot be served, when it cannot")
+    index: dict[str, Any] = Field(
+        default_factory=dict, description="'kind' ('flat' or 'ivf'); for IVF also lists, trained, default_probe, "
+        "bytes (RAM of codes, ids and lists), train_at while untrained",
+    )
 
 
 class CollectionList(BaseModel):
@@ -80,6 +97,38 @@ class Deleted(BaseModel):
     deleted: str
 
 
+MAX_PAGE = 1000
+
+
+class ItemPage(BaseModel):
+    """One page of a listing in id order; pass ``next_cursor`` as ``cursor`` for the next."""
+
+    items: list[ItemOut]
+    next_cursor: str | None = Field(description="Cursor of the next page; null on the last page")
+
+
+class ItemIds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str] = Field(min_length=1, description="At most MONOLITH_MAX_BATCH ids")
+
+
+class ItemsOut(BaseModel):
+    items: list[ItemOut] = Field(description="The items found, in the order their ids were asked for")
+    missing: list[str] = Field(description="Ids asked for that the collection does not hold")
+
+
+class DeletedMany(BaseModel):
+    deleted: list[str] = Field(description="Ids that existed and are now deleted (durable when answered)")
+    missing: list[str] = Field(description="Ids that did not exist")
+
+
+class ImportResponse(BaseModel):
+    collection: CollectionOut
+    imported: int = Field(description="Items imported")
+    replaced: bool = Field(description="Whether an existing collection of that name was replaced")
+
+
 class SearchRequest(BaseModel):
     """Exactly one of ``texts`` or ``embeddings``; one result list per query."""
 
@@ -94,6 +143,20 @@ class SearchRequest(BaseModel):
         description="ADC candidates to re-rank by cosine with the decoded codes; 0 = ADC order only; "
         "default MONOLITH_DEFAULT_CANDIDATES",
     )
+    filter: dict[str, Any] | None = Field(
+        None,
+        description='Metadata conditions that must all hold, e.g. {"lang": "en", "year": {"gte": 2020}, '
+        '"tag": {"in": ["a", "b"]}}; operators eq, ne, in, gt, gte, lt, lte on top-level keys. '
+        "Applied before the scan: k hits come back whenever k items match.",
+        examples=[{"lang": "en", "year": {"gte": 2020}}],
+    )
+    probe: int | None = Field(
+        None, ge=1, le=65_536, description="Partitions a partitioned (IVF) collection visits (more: slower, closer "
+        "to the exhaustive answer); default the collection's default_probe; flat collections scan everything",
+    )
+    score_threshold: float | None = Field(
+        None, allow_inf_nan=False, description="Leave out hits scoring below this (scores as in 'metric')"
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SearchRequest:
@@ -106,6 +169,7 @@ class SearchHit(BaseModel):
     id: str
     score: float
     metadata: dict[str, Any] | None = None
+    text: str | None = Field(None, description="The item's text, where one was stored")
 
 
 class SearchResponse(BaseModel):

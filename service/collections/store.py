@@ -14,9 +14,15 @@ import threading
 import uuid
 from pathlib import Path
 
-from service.collections import files
+from service.collections import files, partitions
 from service.collections.collection import Collection, CollectionInfo, StoreModel
-from service.collections.errors import CheckpointMismatch, CollectionNotFound, InvalidName, StoreError
+from service.collections.errors import (
+    CheckpointMismatch,
+    CollectionExists,
+    CollectionNotFound,
+    InvalidName,
+    StoreError,
+)
 from vqvae.search import DEFAULT_BACKEND, Backend
 
 log = logging.getLogger(__name__)
@@ -82,19 +88,28 @@ class Store:
             self._open[name] = col
             return col
 
-    def create(self, name: str, description: str | None = None) -> tuple[Collection, bool]:
+    def create(
+        self, name: str, description: str | None = None, index: partitions.IndexSpec | None = None
+    ) -> tuple[Collection, bool]:
         """Create a collection (atomically: built under a temp name, then hard-linked into
-        place, which fails if the name exists). Returns it and whether it is new."""
+        place, which fails if the name exists). Returns it and whether it is new. ``index``:
+        flat or partitioned (``partitions``); given for an existing collection, its index is
+        rebuilt that way from the stored codes."""
         path = self.path(name)
         with self._lock:
             if path.exists():
                 col = self.get(name)
                 if description is not None and description != col.meta.get("description"):
                     col.set_description(description)
+                if index is not None:
+                    with col._lock:
+                        col.sync()
+                        partitions.set_spec(col, index)
                 return col, False
             tmp = self.root / f".{name}.{uuid.uuid4().hex}.creating"
             try:
-                files.create_file(tmp, self.model.file_meta(), self.model.num_heads, description)
+                files.create_file(tmp, {**self.model.file_meta(), **partitions.meta_for(index)},
+                                  self.model.num_heads, description)
                 try:
                     os.link(tmp, path)
                 except FileExistsError:
@@ -104,6 +119,38 @@ class Store:
                 files.remove_files(tmp)
             log.info("collection %s created", name)
             return self.get(name), True
+
+    def staging_path(self, name: str) -> Path:
+        """A hidden file beside the collections in which to build one (an import) before
+        :meth:`install` puts it in place; never listed or opened as a collection."""
+        return self.root / f".{validate_name(name)}.{uuid.uuid4().hex}.importing"
+
+    def install(self, name: str, built: Path, replace: bool = False) -> tuple[Collection, bool]:
+        """Put a complete collection file ``built`` (from :meth:`staging_path`) in place as
+        ``name``; returns it and whether the name was new. An existing collection is refused
+        (``CollectionExists``) unless ``replace``: then it is deleted first, so requests in
+        between see no collection rather than a mix of two. ``built`` is removed either way."""
+        path = self.path(name)
+        try:
+            files.check_compatible(name, files.read_meta(built), self.model.sha256)
+            with self._lock:
+                existed = path.exists()
+                if existed and not replace:
+                    raise CollectionExists(
+                        f"collection {name!r} already exists; import with replace=true (CLI: --replace) to "
+                        "replace it, or import under another name"
+                    )
+                if existed:
+                    self.drop(name)
+                try:
+                    os.link(built, path)
+                except FileExistsError:
+                    raise CollectionExists(f"collection {name!r} was created meanwhile; nothing was replaced") from None
+                files.fsync_dir(self.root)
+                log.info("collection %s %s from an import", name, "replaced" if existed else "created")
+                return self.get(name), not existed
+        finally:
+            files.remove_files(built)
 
     def drop(self, name: str) -> None:
         path = self.path(name)

@@ -5,10 +5,10 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Response, status
+from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.responses import JSONResponse
 
-from service.auth import require_api_key
+from service.auth import header_problem, require_api_key
 from service.deps import State
 from service.schemas import ErrorResponse, Liveness, Readiness
 from vqvae.health import codebook_health
@@ -28,10 +28,14 @@ async def healthz() -> Liveness:
     responses={503: {"model": ErrorResponse, "description": "Model still loading, or failed to load"}},
     summary="The model (and text model, if enabled) is loaded",
 )
-async def readyz(state: State) -> Readiness | JSONResponse:
+async def readyz(state: State, request: Request) -> Readiness | JSONResponse:
     if state.ready:
         return Readiness(model=state.model_ref, text_model=state.batcher.embedder is not None)
-    if state.load_error:
+    if state.load_error and header_problem(request.headers.get("authorization"), state.settings.api_key):
+        # Open without the key, so the reason (it names files on the server) stays behind it.
+        detail = (f"the model failed to load ({state.load_error.split(':', 1)[0]}); send the API key "
+                  "(Authorization: Bearer <key>) to see why, or read the server log")
+    elif state.load_error:
         detail = f"the model failed to load: {state.load_error}"
     else:
         detail = "the model is still loading"

@@ -1,4 +1,4 @@
-"""Every refusal: the status code the HTTP contract promises (docs/service.md) and a {"detail": ...} that says what to fix."""
+"""Every refusal: the status the HTTP contract promises (docs/service.md), a {"detail": ...} saying what to fix."""
 
 from __future__ import annotations
 

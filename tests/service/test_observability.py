@@ -27,14 +27,14 @@ def test_reference_health_is_the_checkpoints_counts(client: TestClient, monolith
     assert resp.status_code == 200
     body = resp.json()
     expected = codebook_health(np.asarray(monolith.metadata["reference_counts"])).model_dump()
-    assert body == {**expected, "source": "reference"}
+    assert body == {**expected, "source": "reference", "drift": None}  # drift is traffic's against this
 
 
 def test_traffic_health_counts_codes_served(client: TestClient, monolith: Monolith) -> None:
     before = client.get("/codebook/health").json()
     assert before["source"] == "traffic"
     assert before["total_assignments"] == 0
-    assert before["status"] == "warning"  # vqvae.health's verdict on no data
+    assert before["status"] == "insufficient_data"  # vqvae.health's verdict on no data
 
     x = unit_rows(40, seed=20)
     client.post("/encode", json={"embeddings": x[:15].tolist()})
@@ -45,7 +45,9 @@ def test_traffic_health_counts_codes_served(client: TestClient, monolith: Monoli
     counts = np.stack([np.bincount(codes[:, h], minlength=monolith.config.codebook_size)
                        for h in range(monolith.config.num_heads)])
     body = client.get("/codebook/health", params={"source": "traffic"}).json()
+    drift = body.pop("drift")
     assert body == {**codebook_health(counts).model_dump(), "source": "traffic"}
+    assert drift["vectors"] == 40 and drift["status"] == "insufficient_data"  # 40 ≪ 20 per code
     np.testing.assert_array_equal(client.app.state.service.batcher.traffic_counts, counts)
 
 

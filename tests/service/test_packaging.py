@@ -52,10 +52,14 @@ def compose_service() -> dict:
 
 def route_paths() -> set[str]:
     """The paths this issue's routers serve (collections are documented by their own issue)."""
-    from service.routes import codebook, codec, ops
+    from service.routes import codebook, codec, dashboard, ops
 
-    routers = (ops.probes, ops.protected, codec.router, codebook.router)
-    return {r.path for router in routers for r in router.routes} | {"/openapi.json", "/docs"}
+    routers = (ops.probes, ops.protected, codec.router, codebook.router, dashboard.router)
+    return {r.path for router in routers for r in router.routes} | {"/openapi.json"}
+
+
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+CODE_DIRS = ("vqvae", "trainer", "service")
 
 
 def test_dockerfile_base_install_and_user() -> None:
@@ -64,14 +68,44 @@ def test_dockerfile_base_install_and_user() -> None:
     assert installs, "the Dockerfile must pip install the project"
     install = shlex.split(installs[0])
     assert "-c" in install and install[install.index("-c") + 1] == "constraints.txt"
-    assert "--extra-index-url" in install
-    assert install[install.index("--extra-index-url") + 1] == "https://download.pytorch.org/whl/cpu"
-    assert "." in install
+    index = next((o for o in ("--index-url", "--extra-index-url") if o in install), None)
+    assert index and install[install.index(index) + 1] == CPU_INDEX, "torch's CPU wheels, not PyPI's CUDA build"
     users = instructions("USER")
     assert users and users[-1] not in {"root", "0"}
     copied = " ".join(instructions("COPY")).split()
-    for needed in ("pyproject.toml", "constraints.txt", "vqvae", "service"):
+    for needed in ("pyproject.toml", "constraints.txt", *CODE_DIRS):
         assert needed in copied, needed
+
+
+def test_dockerfile_installs_dependencies_before_the_code() -> None:
+    """Code changes must not reinstall the dependencies: their layer comes before any COPY of code."""
+    steps = dockerfile()
+    first_code = next(i for i, (instr, args) in enumerate(steps)
+                      if instr == "COPY" and any(d in args.split() for d in CODE_DIRS))
+    deps = next(i for i, (instr, args) in enumerate(steps) if instr == "RUN" and "pip install" in args)
+    assert deps < first_code, "the dependencies must be installed before the code is copied"
+    copied_before = {w for instr, args in steps[:deps] if instr == "COPY" for w in args.split()[:-1]}
+    assert copied_before <= {"pyproject.toml", "constraints.txt"}, f"copied before the deps: {copied_before}"
+    assert "-c constraints.txt" in steps[deps][1] and "dependencies" in steps[deps][1]  # pyproject's list
+    code_runs = [args for instr, args in steps[first_code:] if instr == "RUN" and "pip install" in args]
+    assert code_runs and "--no-deps" in shlex.split(code_runs[0]) and "." in shlex.split(code_runs[0])
+
+
+def test_image_is_lean_and_sets_threads_for_its_cores() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    core = " ".join(project["dependencies"])
+    assert "matplotlib" not in core, "the plotting stack is the optional `plots` extra"
+    assert any("matplotlib" in d for d in project["optional-dependencies"]["plots"])
+    (entrypoint,) = instructions("ENTRYPOINT")
+    (name,) = json.loads(entrypoint)
+    source = next(args.split()[0] for instr, args in dockerfile()
+                  if instr == "COPY" and args.split()[-1].endswith(name))
+    script = (REPO / source).read_text()
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "MONOLITH_TORCH_THREADS", "cpu.max"):
+        assert var in script, var
+    assert 'exec "$@"' in script
+    for name in ENV_RE.findall(script):
+        assert name in ENV_NAMES, f"the entrypoint uses {name}, which Settings does not have"
 
 
 def test_dockerfile_port_healthcheck_and_command() -> None:
@@ -129,7 +163,7 @@ def test_service_docs_cover_every_setting_and_route() -> None:
     table = {m for m in re.findall(r"^\| `(MONOLITH_[A-Z0-9_]+)`", text, flags=re.M)}
     assert table == ENV_NAMES, f"env table differs from Settings: {table ^ ENV_NAMES}"
     curled = " ".join(line for line in text.splitlines() if "curl" in line)
-    for path in route_paths() - {"/docs"}:  # /docs is a page for browsers
+    for path in route_paths() - {"/docs", "/dashboard"}:  # pages for browsers
         assert f"$URL{path}" in curled, f"no curl example for {path}"
 
 
@@ -147,4 +181,4 @@ def test_app_serves_the_documented_routes(tmp_path: Path) -> None:
     app = create_app(Settings(data_dir=tmp_path, load_text_model=False))
     assert app.title == "Monolith"
     assert route_paths() >= {"/encode", "/decode", "/model", "/codebook/health", "/codebook/health.svg",
-                             "/codebook/health.png", "/healthz", "/readyz", "/metrics"}
+                             "/codebook/health.png", "/healthz", "/readyz", "/metrics", "/docs", "/dashboard"}

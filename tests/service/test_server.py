@@ -52,7 +52,7 @@ def test_http_health_plot_and_metrics(server: str, monolith: Monolith) -> None:
         assert traffic["total_assignments"] >= 30 * monolith.config.num_heads
         reference = http.get("/codebook/health", params={"source": "reference"}).json()
         expected = codebook_health(np.asarray(monolith.metadata["reference_counts"])).model_dump()
-        assert reference == {**expected, "source": "reference"}
+        assert reference == {**expected, "source": "reference", "drift": None}
         svg = http.get("/codebook/health.svg")
         assert svg.status_code == 200 and "Zipf fit" in svg.text
         png = http.get("/codebook/health.png", params={"source": "reference"})

@@ -192,3 +192,41 @@ def test_results_go_to_stdout(tiny_checkpoint, embeddings_file):
     res = runner.invoke(app, ["health", str(tiny_checkpoint), "--data", str(embeddings_file)])
     assert res.exit_code == 0, res.output
     assert "codebook health" in res.stdout and res.stderr == ""
+
+
+def _run_config(tmp_path):
+    np.save(tmp_path / "x.npy", clustered_embeddings(512, seed=1))
+    np.save(tmp_path / "v.npy", clustered_embeddings(256, seed=2))
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({
+        "model": TINY.model_dump(), "data": {"train": [str(tmp_path / "x.npy")], "val": [str(tmp_path / "v.npy")]},
+        "optim": {"batch_size": 128, "epochs": 2, "warmup_steps": 2}, "quantizer": {"kmeans_samples": 512},
+        "eval_every": 4, "checkpoint_every": 4, "out_dir": str(tmp_path / "run"), "threads": 1,
+        "monitor": {"plots": False, "tensorboard": False},
+    }))
+    return p
+
+
+def test_train_into_an_existing_run_is_refused_unless_overwrite(tmp_path):
+    """Issue 12: a second `train` into the same out_dir used to replace best.safetensors and
+    append a second run to history.jsonl; now it needs --resume or --overwrite."""
+    config = _run_config(tmp_path)
+    run = tmp_path / "run"
+    first = runner.invoke(app, ["train", str(config)])
+    assert first.exit_code == 0, first.output
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert "best.safetensors" in before and "history.jsonl" in before
+
+    again = runner.invoke(app, ["train", str(config)])
+    assert again.exit_code == 2
+    lines = again.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--resume" in lines[0] and "--overwrite" in lines[0]
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before  # untouched
+
+    both = runner.invoke(app, ["train", str(config), "--resume", "--overwrite"])
+    assert both.exit_code == 2 and "pass one of them" in both.stderr
+
+    over = runner.invoke(app, ["train", str(config), "--overwrite"])
+    assert over.exit_code == 0, over.output
+    steps = [json.loads(line)["step"] for line in (run / "history.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)), "two runs mixed in history.jsonl"

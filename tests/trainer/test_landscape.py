@@ -80,3 +80,16 @@ def test_cli_errors_are_clear(tmp_path):
     assert res.exit_code == 2 and "none.npy" in res.output
     res = CliRunner().invoke(app, ["landscape", str(tmp_path / "no.safetensors"), "--data", str(tmp_path / "x.npy")])
     assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_cli_shows_progress_on_stderr_and_results_on_stdout(tmp_path):
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(build_model(TINY), tmp_path / "m.safetensors")
+    np.save(tmp_path / "x.npy", clustered_embeddings(200))
+    args = ["landscape", str(ckpt), "--data", str(tmp_path / "x.npy"), "--samples", "64", "--steps", "3",
+            "--probes", "2", "--ascent-steps", "1", "--out", str(tmp_path / "l")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["steps"] == 3  # stdout: the summary and nothing else
+    total = 3 * 3 + 5 * (2 + 1)  # grid points, then per radius: probes + ascent steps
+    assert f"{total}/{total}" in res.stderr and "sharpness" in res.stderr

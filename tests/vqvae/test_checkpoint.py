@@ -111,3 +111,103 @@ def test_record_metadata_keeps_weights_and_other_entries(tiny_checkpoint):
     assert after.metadata["reference_counts"] == before.metadata["reference_counts"]
     for k, v in before.model.state_dict().items():
         assert torch.equal(v, after.model.state_dict()[k]), k
+
+
+# -- integrity: checksum of the tensor data, finite weights (issue 12) --------------------------
+
+
+def _data_offset(path) -> int:
+    """Where a safetensors file's tensor bytes start: 8 bytes of header length, then the header."""
+    return 8 + int.from_bytes(path.read_bytes()[:8], "little")
+
+
+def test_checksum_is_stored_and_a_bit_flip_is_refused(tmp_path):
+    from vqvae.checkpoint import CHECKSUM_KEY, tensors_sha256
+
+    m = MonolithWiki(TINY)
+    path = save_checkpoint(m, tmp_path / "m.safetensors")
+    assert read_metadata(path)[CHECKSUM_KEY] == tensors_sha256(m.state_dict())
+    data = bytearray(path.read_bytes())
+    start = _data_offset(path) + 1000
+    data[start : start + 4096] = bytes(b ^ 0x10 for b in data[start : start + 4096])  # a 4 KiB flip
+    (tmp_path / "flipped.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="do not match the checksum"):
+        load_checkpoint(tmp_path / "flipped.safetensors")
+
+
+def test_non_finite_weights_are_refused_even_with_a_valid_checksum(tmp_path):
+    m = MonolithWiki(TINY)
+    with torch.no_grad():
+        next(p for p in m.parameters() if p.ndim == 2)[0, 0] = float("nan")
+    path = save_checkpoint(m, tmp_path / "nan.safetensors")  # saved as it is, checksum and all
+    with pytest.raises(CheckpointError, match="NaN or Inf"):
+        load_checkpoint(path)
+
+
+def test_corrupt_checkpoint_falls_back(tmp_path, caplog):
+    m = MonolithWiki(TINY)
+    good = save_checkpoint(m, tmp_path / "good.safetensors")
+    with torch.no_grad():
+        next(iter(m.parameters())).fill_(float("inf"))
+    bad = save_checkpoint(m, tmp_path / "bad.safetensors")
+    with caplog.at_level(logging.WARNING):
+        assert load_with_fallback(bad, good).path == good
+    assert "NaN or Inf" in caplog.text
+
+
+def test_old_checkpoints_without_checksum_still_load(tmp_path, caplog):
+    """A file written before the checksum existed: loaded (weights checked for NaN only), with a warning."""
+    from vqvae.checkpoint import CHECKSUM_KEY
+
+    m = MonolithWiki(TINY)
+    meta = {"format": "monolith", "format_version": "1", "model_config": TINY.model_dump_json()}
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(tmp_path / "old.safetensors"),
+              metadata=meta)
+    with caplog.at_level(logging.WARNING):
+        ck = load_checkpoint(tmp_path / "old.safetensors")
+    assert CHECKSUM_KEY not in ck.metadata and "cannot be verified" in caplog.text
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, ck.model.state_dict()[k])
+
+
+def test_shipped_checkpoint_is_verified_against_its_released_sha256(tmp_path, monkeypatch):
+    """The shipped file predates the checksum and is kept byte for byte (rewriting it would change
+    its sha256, and so every collection built with it); its released sha256 is checked instead."""
+    import shutil
+
+    from vqvae import checkpoint as ck_module
+    from vqvae.api import default_checkpoint
+
+    shipped = default_checkpoint()
+    ck = load_checkpoint(shipped)
+    assert ck.sha256 == ck_module.SHIPPED_SHA256[shipped.name]
+    assert ck_module.CHECKSUM_KEY not in ck.metadata
+    # the same bytes with one weight flipped, where the shipped file lives: refused
+    copy_dir = tmp_path / "checkpoints"
+    copy_dir.mkdir()
+    flipped = copy_dir / shipped.name
+    shutil.copy(shipped, flipped)
+    data = bytearray(flipped.read_bytes())
+    data[_data_offset(flipped) + 4096] ^= 0x01
+    flipped.write_bytes(bytes(data))
+    monkeypatch.setattr(ck_module, "SHIPPED_DIR", copy_dir.resolve())
+    with pytest.raises(CheckpointError, match="differ from the ones released"):
+        load_checkpoint(flipped)
+
+
+def test_record_metadata_adds_the_checksum_and_keeps_the_codes(tmp_path):
+    import numpy as np
+
+    from tests.conftest import clustered_embeddings
+    from vqvae.api import Monolith
+    from vqvae.checkpoint import CHECKSUM_KEY, record_metadata
+
+    m = MonolithWiki(TINY)
+    meta = {"format": "monolith", "format_version": "1", "model_config": TINY.model_dump_json()}
+    old = tmp_path / "old.safetensors"
+    save_file({k: v.contiguous() for k, v in m.state_dict().items()}, str(old), metadata=meta)
+    x = clustered_embeddings(256)
+    before = Monolith.load(old).encode(x)
+    record_metadata(old, metrics={"note": 1})
+    assert CHECKSUM_KEY in read_metadata(old)
+    np.testing.assert_array_equal(Monolith.load(old).encode(x), before)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from vqvae.health import codebook_health, count_codes, zipf_fit
+from vqvae.health import HealthThresholds, codebook_health, count_codes, zipf_fit
 
 
 def test_recovers_known_zipf_alpha():
@@ -33,7 +33,7 @@ def test_collapse_and_warning_are_flagged_with_reasons():
 
 
 def test_empty_and_bad_counts():
-    assert codebook_health(np.zeros((4, 256))).status == "warning"
+    assert codebook_health(np.zeros((4, 256))).status == "insufficient_data"
     with pytest.raises(ValueError, match="heads, codes"):
         codebook_health(np.zeros(256))
 
@@ -61,3 +61,21 @@ def test_count_codes_rejects_bad_input():
         count_codes(np.array([-1, 0]), 4)
     with pytest.raises(TypeError):
         count_codes(np.array([[0.5, 1.0]]), 4)
+
+
+def test_status_waits_for_20_counts_per_code():
+    """A few requests leave most codes unused by chance: no verdict, never `collapsed`."""
+    one_request = np.zeros((4, 256), dtype=np.int64)
+    one_request[:, :3] = 1  # 3 vectors: 3 of 256 codes used per head
+    h = codebook_health(one_request)
+    assert h.status == "insufficient_data" and h.min_vectors == 20 * 256
+    assert "3 vectors counted" in h.reasons[0] and "5120" in h.reasons[0]
+    rng = np.random.default_rng(0)
+    almost = np.stack([np.bincount(rng.integers(0, 256, 5119), minlength=256) for _ in range(4)])
+    assert codebook_health(almost).status == "insufficient_data"
+    enough = np.stack([np.bincount(rng.integers(0, 256, 5120), minlength=256) for _ in range(4)])
+    assert codebook_health(enough).status == "healthy"
+    collapsed = np.zeros((4, 256), dtype=np.int64)
+    collapsed[:, 0] = 6000  # enough vectors, all on one code: now that is a collapse
+    assert codebook_health(collapsed).status == "collapsed"
+    assert codebook_health(one_request, HealthThresholds(min_counts_per_code=0)).status == "collapsed"

@@ -154,6 +154,23 @@ def test_results_go_to_stdout(files: dict[str, Path], tmp_path: Path) -> None:
     assert result.exit_code == 0 and result.stdout == "deleted 'docs'\n"
 
 
+def test_build_reports_progress_as_it_goes(files: dict[str, Path], tmp_path: Path, monolith: Monolith,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bar moves every PROGRESS_ROWS items, not once per committed batch; it is on stderr."""
+    monkeypatch.setattr(cli, "PROGRESS_ROWS", 8)
+    seen: list[int] = []
+    encode = monolith.encode
+    monkeypatch.setattr(monolith, "encode", lambda x: seen.append(len(x)) or encode(x))
+    result = runner.invoke(cli.app, ["build", "docs", "--npy", str(files["npy"]), "--batch-size", "32",
+                                     "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    assert seen == [8, 8, 8, 8, 8]  # 40 items: 32 + 8 committed, encoded 8 at a time
+    assert "loading the model" in result.stderr and "40/40" in result.stderr
+    assert result.stdout.startswith("done: 'docs' holds 40 items")
+    item = Store(tmp_path / "data", StoreModel.from_monolith(monolith)).get("docs").get("39")
+    assert item.codes == encode(np.load(files["npy"])[39:40])[0].tolist()
+
+
 def test_list_shows_checkpoint_mismatch(tmp_path: Path, monolith: Monolith) -> None:
     other = dataclasses.replace(StoreModel.from_monolith(monolith), sha256="e" * 64)
     Store(tmp_path / "data", other).create("old")

@@ -1,0 +1,252 @@
+"""Export and import: a round trip searches identically; another checkpoint's file is a 409;
+a truncated, altered or foreign file is a 422 that leaves nothing behind; the CLI does the same."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+import service.collections.cli as cli
+from service.collections import transfer
+from tests.service.collections.test_routes import FakeEmbedder
+from tests.service.conftest import AppFactory, unit_rows
+from vqvae.api import Monolith
+
+QUERIES = ["text number 7", "something else", "number 120"]
+
+
+@pytest.fixture
+def client(make_client: AppFactory) -> TestClient:
+    c = make_client(embedder=FakeEmbedder())
+    assert c.put("/collections/docs", json={"description": "the docs"}).status_code == 201
+    texts = [{"id": f"doc{i:03d}", "text": f"text number {i}", "metadata": {"tag": f"t{i % 7}", "n": i}}
+             for i in range(250)]
+    x = unit_rows(30, seed=5)
+    vectors = [{"id": f"vec/{i}", "embedding": r.tolist(), "metadata": {"tag": "v", "é": [1, {"a": None}]}}
+               for i, r in enumerate(x)]
+    assert c.post("/collections/docs/items", json={"items": texts + vectors}).status_code == 200
+    # deletes move rows around (swap with last): the export must keep the resulting order
+    c.post("/collections/docs/items/delete", json={"ids": [f"doc{i:03d}" for i in range(0, 250, 9)]})
+    return c
+
+
+def export(client: TestClient, name: str = "docs") -> bytes:
+    resp = client.get(f"/collections/{name}/export")
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == "application/gzip"
+    assert f'filename="{name}.monolith.gz"' in resp.headers["content-disposition"]
+    return resp.content
+
+
+def results(client: TestClient, name: str, **extra) -> list:
+    out = []
+    for candidates in (0, 40):
+        resp = client.post(f"/collections/{name}/search", json={"texts": QUERIES, "k": 50, "candidates": candidates,
+                                                                **extra})
+        assert resp.status_code == 200, resp.text
+        out.append(resp.json())
+    return out
+
+
+def listing(client: TestClient, name: str) -> list[dict]:
+    return client.get(f"/collections/{name}/items", params={"limit": 1000}).json()["items"]
+
+
+def lines(blob: bytes) -> list[dict]:
+    return [json.loads(line) for line in gzip.decompress(blob).splitlines()]
+
+
+def rewrite(blob: bytes, edit, fix_checksum: bool = True) -> bytes:
+    """The export with its JSON lines edited (and its checksum recomputed, unless told not to)."""
+    rows = lines(blob)
+    edit(rows)
+    body = b"".join((json.dumps(r, ensure_ascii=False) + "\n").encode() for r in rows[:-1])
+    trailer = rows[-1]
+    if fix_checksum and "sha256" in trailer:
+        trailer = {**trailer, "sha256": hashlib.sha256(body).hexdigest()}
+    return gzip.compress(body + (json.dumps(trailer) + "\n").encode())
+
+
+def test_round_trip_searches_identically(client: TestClient, monolith: Monolith) -> None:
+    blob = export(client)
+    rows = lines(blob)
+    header, items, trailer = rows[0], rows[1:-1], rows[-1]
+    assert header["format"] == "monolith-collection" and header["format_version"] == 1
+    assert header["checkpoint_sha256"] == monolith.sha256 and header["count"] == len(items) == 252
+    assert header["description"] == "the docs" and header["num_heads"] == 4
+    assert trailer["end"] is True and trailer["count"] == 252
+    assert set(items[0]) == {"id", "codes", "metadata", "text"}
+
+    resp = client.post("/collections/copy/import", content=blob, headers={"Content-Type": "application/gzip"})
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert body["imported"] == 252 and body["replaced"] is False
+    assert body["collection"]["count"] == 252 and body["collection"]["description"] == "the docs"
+    assert results(client, "copy") == results(client, "docs")
+    assert results(client, "copy", filter={"tag": "t3"}) == results(client, "docs", filter={"tag": "t3"})
+    assert listing(client, "copy") == listing(client, "docs")
+    # and the copy exports to the same items again
+    assert lines(export(client, "copy"))[1:-1] == rows[1:-1]
+
+
+def test_import_into_an_existing_collection_needs_replace(client: TestClient) -> None:
+    blob = export(client)
+    client.put("/collections/other")
+    client.post("/collections/other/items", json={"items": [{"id": "x", "text": "old"}]})
+    resp = client.post("/collections/other/import", content=blob)
+    assert resp.status_code == 409 and "replace=true" in resp.json()["detail"]
+    assert listing(client, "other")[0]["id"] == "x"
+    resp = client.post("/collections/other/import", params={"replace": "true"}, content=blob)
+    assert resp.status_code == 200 and resp.json()["replaced"] is True
+    assert listing(client, "other") == listing(client, "docs")
+
+
+def test_another_checkpoints_export_is_409(client: TestClient) -> None:
+    blob = rewrite(export(client), lambda rows: rows[0].update(checkpoint_sha256="f" * 64))
+    resp = client.post("/collections/copy/import", content=blob)
+    assert resp.status_code == 409
+    assert "f" * 64 in resp.json()["detail"] and "another" in resp.json()["detail"]
+    assert client.get("/collections/copy").status_code == 404
+
+
+def corruptions(blob: bytes) -> dict[str, bytes]:
+    raw = gzip.decompress(blob)
+    middle = len(blob) // 2
+    return {
+        "truncated gzip": blob[: len(blob) - 30],
+        "truncated at half": blob[:middle],
+        "flipped byte": blob[:middle] + bytes([blob[middle] ^ 0xFF]) + blob[middle + 1 :],
+        "altered item": gzip.compress(raw.replace(b'"text number 7"', b'"text number 8"', 1)),
+        "dropped item": rewrite(blob, lambda rows: rows.pop(5), fix_checksum=False),
+        "lines cut off": gzip.compress(raw[: raw.rindex(b"\n", 0, len(raw) - 1) + 1]),
+        "count mismatch": rewrite(blob, lambda rows: rows[0].update(count=3)),
+        "extra data": gzip.compress(raw + b'{"id": "late"}\n'),
+        "duplicate id": rewrite(blob, lambda rows: rows[2].update(id=rows[1]["id"])),
+        "bad codes": rewrite(blob, lambda rows: rows[1].update(codes=[1, 2, 3])),
+        "code out of range": rewrite(blob, lambda rows: rows[1].update(codes=[1, 2, 3, 256])),
+        "metadata not an object": rewrite(blob, lambda rows: rows[1].update(metadata=[1])),
+        "newer format": rewrite(blob, lambda rows: rows[0].update(format_version=99)),
+        "not an export": gzip.compress(b'{"hello": "world"}\n'),
+        "not gzip": raw,
+        "garbage": b"\x00\x01garbage",
+    }
+
+
+def test_truncated_altered_or_foreign_files_are_422_and_leave_nothing(client: TestClient, tmp_path: Path) -> None:
+    blob = export(client)
+    before = sorted(p.name for p in (tmp_path / "data" / "collections").iterdir())
+    for what, bad in corruptions(blob).items():
+        resp = client.post("/collections/copy/import", content=bad)
+        assert resp.status_code == 422, (what, resp.text)
+        assert "not a valid Monolith collection export" in resp.json()["detail"], what
+        assert client.get("/collections/copy").status_code == 404, what
+    assert sorted(p.name for p in (tmp_path / "data" / "collections").iterdir()) == before  # no leftovers
+    assert client.post("/collections/copy/import", content=b"").status_code == 422
+    assert client.post("/collections/bad%20name/import", content=blob).status_code == 422
+    # with replace=true a bad file leaves the existing collection as it was
+    items = listing(client, "docs")
+    bad = corruptions(blob)["flipped byte"]
+    resp = client.post("/collections/docs/import", params={"replace": "true"}, content=bad)
+    assert resp.status_code == 422 and listing(client, "docs") == items
+
+
+def test_imported_items_obey_the_servers_limits(make_client: AppFactory, client: TestClient) -> None:
+    blob = export(client)
+    strict = make_client(embedder=FakeEmbedder(), max_id_chars=5, data_dir=client.app.state.service.settings.data_dir)
+    resp = strict.post("/collections/copy/import", content=blob)
+    assert resp.status_code == 422 and "MONOLITH_MAX_ID_CHARS" in resp.json()["detail"]
+
+
+def test_export_and_import_of_unknown_collections(client: TestClient) -> None:
+    assert client.get("/collections/nope/export").status_code == 404
+
+
+def test_export_while_writing_is_one_consistent_snapshot(client: TestClient) -> None:
+    stop = threading.Event()
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            batch = [{"id": f"w{n}-{j}", "text": "w"} for j in range(25)]
+            client.post("/collections/docs/items", json={"items": batch})
+            client.post("/collections/docs/items/delete", json={"ids": [f"doc{(n * 7) % 250:03d}"]})
+            n += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        blobs = [export(client) for _ in range(3)]
+    finally:
+        stop.set()
+        thread.join()
+    for i, blob in enumerate(blobs):
+        resp = client.post(f"/collections/snap{i}/import", content=blob)
+        assert resp.status_code == 201, resp.text
+        assert resp.json()["imported"] == lines(blob)[0]["count"]
+
+
+def test_cli_export_import_round_trip(client: TestClient, tmp_path: Path, monolith: Monolith,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli, "_load_model", lambda checkpoint: monolith)
+    runner = CliRunner()
+    data = str(tmp_path / "data")
+    out = tmp_path / "docs.monolith.gz"
+    res = runner.invoke(cli.app, ["export", "docs", "-o", str(out), "--data-dir", data])
+    assert res.exit_code == 0, res.output
+    assert "exported 'docs': 252 items" in res.stdout
+    res = runner.invoke(cli.app, ["import", str(out), "--data-dir", data])  # the name in the file: exists
+    assert res.exit_code == 2 and "already exists" in res.output
+    res = runner.invoke(cli.app, ["import", str(out), "--name", "fromcli", "--data-dir", data])
+    assert res.exit_code == 0, res.output
+    assert results(client, "fromcli") == results(client, "docs")
+    res = runner.invoke(cli.app, ["import", str(out), "--data-dir", data, "--replace"])
+    assert res.exit_code == 0 and "replaced" in res.stdout
+    bad = tmp_path / "bad.gz"
+    bad.write_bytes(out.read_bytes()[:-40])
+    res = runner.invoke(cli.app, ["import", str(bad), "--name", "bad", "--data-dir", data])
+    assert res.exit_code == 2 and "error: not a valid Monolith collection export" in res.output
+    assert "Traceback" not in res.output
+    # the server sees what the CLI imported
+    assert client.get("/collections/fromcli").json()["count"] == 252
+
+
+def test_export_file_is_written_atomically(client: TestClient, tmp_path: Path) -> None:
+    col = client.app.state.service.store.get("docs")
+    out = tmp_path / "x.monolith.gz"
+    size = transfer.export_to_file(col.path, "docs", out)
+    assert size == out.stat().st_size and lines(out.read_bytes())[0]["count"] == 252
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".x")] == []
+
+
+def test_a_partitioned_collection_keeps_its_lists(make_client: AppFactory) -> None:
+    """An IVF collection's settings and trained lists travel in the header: the copy is
+    partitioned the same way and answers probed (and filtered) searches identically."""
+    c = make_client(embedder=FakeEmbedder())
+    resp = c.put("/collections/ivf", json={"index": {"kind": "ivf", "lists": 4, "train_at": 256}})
+    assert resp.status_code == 201, resp.text
+    body = {"items": [{"id": f"p{i}", "text": f"text {i}", "metadata": {"tag": f"t{i % 5}"}} for i in range(400)]}
+    assert c.post("/collections/ivf/items", json=body).status_code == 200
+    info = c.get("/collections/ivf").json()["index"]
+    assert info["kind"] == "ivf" and info["trained"] is True
+    blob = export(c, "ivf")
+    assert set(lines(blob)[0]["collection_meta"]) == {"index", "ivf_centroids"}
+    assert c.post("/collections/ivfcopy/import", content=blob).status_code == 201
+    assert c.get("/collections/ivfcopy").json()["index"] == info
+    for extra in ({"probe": 1}, {"probe": 1, "filter": {"tag": "t2"}}, {}):
+        query = {"texts": QUERIES, "k": 20, "candidates": 0, **extra}
+        a = c.post("/collections/ivf/search", json=query).json()
+        assert a == c.post("/collections/ivfcopy/search", json=query).json(), extra
+    # settings that make no index are refused like any other damage
+    bad = rewrite(blob, lambda rows: rows[0]["collection_meta"].update(index='{"kind": "nope"}'))
+    resp = c.post("/collections/bad/import", content=bad)
+    assert resp.status_code == 422 and "collection_meta" in resp.json()["detail"]
+    bad = rewrite(blob, lambda rows: rows[0]["collection_meta"].update(other="x"))
+    assert c.post("/collections/bad/import", content=bad).status_code == 422
+    assert c.get("/collections/bad").status_code == 404
