@@ -4,8 +4,8 @@ process on every core, one worker process per core, and a local Ray cluster.
     python bench/bench_encode.py [--rows 4096] [--candidates N] [--no-ray]
 
 Input: ``--rows`` perturbed copies of tests/data/real_sample.npy in a temporary ``.npy``. Each
-configuration runs the whole job (``trainer.bulk.encode_file``: start-up, model loads in the
-workers, chunked writes, the progress record) and is checked against ``Monolith.encode`` of the
+configuration runs the whole job (`trainer.bulk``: start-up, model loads in the workers, chunked
+writes, the progress record; "steady" is the rate between the first and last finished chunk) and is checked against ``Monolith.encode`` of the
 same rows, so a fast wrong answer cannot win. ``--candidates 0`` measures nearest-code encoding
 (the fast path) instead of the checkpoint's decoder-aware default.
 """
@@ -21,9 +21,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def steady(marks: list[tuple[float, int]]) -> float:
+    """Rows/s between the first and the last finished chunk: the rate once the workers run."""
+    if len(marks) < 2:
+        return float("nan")
+    return sum(r for _, r in marks[1:]) / max(marks[-1][0] - marks[0][0], 1e-9)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", type=int, default=4096)
+    ap.add_argument("--rows", type=int, default=8192)
     ap.add_argument("--chunk", type=int, default=512)
     ap.add_argument("--candidates", type=int, default=None, help="override the checkpoint's encoding")
     ap.add_argument("--no-ray", action="store_true")
@@ -32,7 +39,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from trainer.bulk import encode_file, plan, prepare, run_ray
+    from trainer.bulk import plan, prepare, run_local, run_ray
     from vqvae.api import Monolith
 
     monolith = Monolith.load(candidates=args.candidates)
@@ -53,11 +60,15 @@ def main() -> None:
                 (f"{cores} worker processes", {"workers": cores})]
         for i, (label, kw) in enumerate(runs):
             out = Path(tmp) / f"o{i}.npy"
+            job = plan(src, out, monolith, chunk=args.chunk)
+            progress, todo = prepare(job)
+            marks: list[tuple[float, int]] = []
             t0 = time.perf_counter()
-            encode_file(src, out, monolith, chunk=args.chunk, progress_bar=False, **kw)
+            run_local(job, todo, progress, monolith=monolith, on_rows=lambda r: marks.append((time.perf_counter(), r)),
+                      **kw)
             wall = time.perf_counter() - t0
-            print(f"{label:<34} {args.rows / wall:>10.0f} {wall:>7.1f}  {np.array_equal(np.load(out), reference)}",
-                  flush=True)
+            print(f"{label:<34} {args.rows / wall:>10.0f} {wall:>7.1f}  {np.array_equal(np.load(out), reference)}"
+                  f"   steady {steady(marks):.0f}/s", flush=True)
         if not args.no_ray:
             try:
                 import ray
@@ -70,12 +81,15 @@ def main() -> None:
             out = Path(tmp) / "ray.npy"
             job = plan(src, out, monolith, chunk=args.chunk)
             progress, todo = prepare(job)
+            marks = []
             t0 = time.perf_counter()
-            run_ray(job, todo, progress, replicas=cores, init=False)
+            run_ray(job, todo, progress, replicas=cores, init=False,
+                    on_rows=lambda r: marks.append((time.perf_counter(), r)))
             wall = time.perf_counter() - t0
             ray.shutdown()
             print(f"{f'Ray Data, {cores} replicas':<34} {args.rows / wall:>10.0f} {wall:>7.1f}  "
-                  f"{np.array_equal(np.load(out), reference)}   (+{started:.1f} s to start the local cluster)")
+                  f"{np.array_equal(np.load(out), reference)}   steady {steady(marks):.0f}/s "
+                  f"(+{started:.1f} s to start the local cluster)")
 
 
 if __name__ == "__main__":

@@ -227,7 +227,7 @@ def main() -> None:
             engines.append(("imi", imi, imi.nbytes / n, (rss() - r0) / n, time.perf_counter() - t0))
         sizes = ivf.list_sizes()
         default = ivf.default_probe()
-        probes = sorted({max(1, default // 4), max(1, default // 2), default})
+        probes = sorted({max(1, default // 2), default, min(ivf.lists, 2 * default)})
         for threads in args.threads:
             t = threads or cores
             faiss.omp_set_num_threads(t)

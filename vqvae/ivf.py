@@ -61,8 +61,8 @@ MAX_ROWS = 1 << 31  # rows fit the upper half of a positive int64 label
 MAX_LISTS = 65_536
 TRAIN_POINTS_PER_LIST = 32  # k-means sample: this many codes per list (faiss suggests ≥ 39 for floats)
 TRAIN_ITERATIONS = 10
-PROBE_FRACTION = 16  # default probe: at least lists / 16 ...
-PROBE_MIN_SCAN = 16_384  # ... and enough lists to scan about this many codes (small collections: all)
+PROBE_FRACTION = 64  # default probe: at least lists / 64 ...
+PROBE_MIN_SCAN = 32_768  # ... and enough lists to scan about this many codes (small collections: all)
 PROBE_MIN = 8
 COARSE = ("kmeans", "imi")
 
@@ -76,8 +76,8 @@ def default_lists(n: int) -> int:
 
 
 def default_probe(lists: int, n: int) -> int:
-    """Lists visited when a search does not say: at least ``lists/16``, and enough to scan about
-    16 384 codes, so small collections are searched (almost) exhaustively; at least 8."""
+    """Lists visited when a search does not say: at least ``lists/64``, and enough to scan about
+    32 768 codes, so small collections are searched (almost) exhaustively; at least 8."""
     if lists <= 1:
         return 1
     need = max(math.ceil(lists / PROBE_FRACTION), math.ceil(lists * PROBE_MIN_SCAN / max(n, 1)), PROBE_MIN)

@@ -55,8 +55,8 @@ class IndexSpec(BaseModel):
         description="IVF partitions (k-means lists); default ≈ √n, chosen when the collection trains",
     )
     probe: int | None = Field(
-        None, ge=1, description="Lists a search visits when it does not say; default max(lists/16, enough for "
-        "~16k codes), which measured top-10 overlap ≥ 0.95 with the flat search",
+        None, ge=1, description="Lists a search visits when it does not say; default max(lists/64, enough for "
+        "~32k codes), which measured top-10 overlap ≥ 0.95 with the flat search",
     )
     coarse: Literal["kmeans", "imi"] = Field(
         "kmeans", description="'kmeans': lists are k-means cells of the latent space; 'imi': an inverted "

@@ -159,7 +159,7 @@ def test_defaults() -> None:
     assert default_lists(1_000_000) == 1024 and default_lists(10_000_000) == 4096 and default_lists(10) == 16
     assert default_probe(1, 10) == 1
     assert default_probe(64, 1000) == 64  # small collections: every list
-    assert default_probe(4096, 10_000_000) == 256
+    assert default_probe(4096, 10_000_000) == 64 and default_probe(1024, 10_000_000) == 16
     assert 8 <= default_probe(1024, 1_000_000) <= 1024
 
 
