@@ -4,10 +4,11 @@ process on every core, one worker process per core, and a local Ray cluster.
     python bench/bench_encode.py [--rows 4096] [--candidates N] [--no-ray]
 
 Input: ``--rows`` perturbed copies of tests/data/real_sample.npy in a temporary ``.npy``. Each
-configuration runs the whole job (`trainer.bulk``: start-up, model loads in the workers, chunked
-writes, the progress record; "steady" is the rate between the first and last finished chunk) and is checked against ``Monolith.encode`` of the
-same rows, so a fast wrong answer cannot win. ``--candidates 0`` measures nearest-code encoding
-(the fast path) instead of the checkpoint's decoder-aware default.
+configuration runs the whole job (``trainer.bulk``: start-up, model loads in the workers,
+chunked writes, the progress record; "steady" is the rate between the first and the last
+finished chunk) and is checked against ``Monolith.encode`` of the same rows, so a fast wrong
+answer cannot win. ``--candidates 0`` measures nearest-code encoding (the fast path) instead of
+the checkpoint's decoder-aware default.
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ def main() -> None:
             progress, todo = prepare(job)
             marks: list[tuple[float, int]] = []
             t0 = time.perf_counter()
-            run_local(job, todo, progress, monolith=monolith, on_rows=lambda r: marks.append((time.perf_counter(), r)),
-                      **kw)
+            run_local(job, todo, progress, monolith=monolith,
+                      on_rows=lambda r, marks=marks: marks.append((time.perf_counter(), r)), **kw)
             wall = time.perf_counter() - t0
             print(f"{label:<34} {args.rows / wall:>10.0f} {wall:>7.1f}  {np.array_equal(np.load(out), reference)}"
                   f"   steady {steady(marks):.0f}/s", flush=True)
