@@ -10,10 +10,11 @@ partitions ("lists") nearest to it instead of every stored code:
 * **coarse quantizer** — the lists' centroids are themselves codes: k-means over the latent
   space with every centroid snapped to the nearest point of the code grid (per head, the nearest
   codebook entry of the centroid's slice). The coarse quantizer is a ``faiss.IndexPQ`` holding
-  those codes under the same codebooks, so ranking the lists for a query is the same ADC over
-  ``lists`` codes (4 look-ups each) rather than a float matrix product, and the centroids cost 4
-  bytes a list. On real code distributions the snapped centroids also measured better recall per
-  scanned code than unconstrained float k-means (bench/bench_ivf.py, docs/scaling.md);
+  those codes under the same codebooks (the IVF's quantizer), and ranking the lists for a query
+  is the same ADC over ``lists`` codes — 4 look-ups each into the query's own tables (faiss's
+  ``compute_distance_tables``), then ``search_preassigned`` — rather than a float matrix
+  product; the centroids cost 4 bytes a list. On the bench's codes the snapped centroids also
+  measured better recall per scanned code than unconstrained float k-means (docs/scaling.md);
 * **assignment** — an item goes to the list whose centroid code is nearest to its quantised
   latent z_q (symmetric distance between codes, ``ProductQuantizer.search_sdc``): a pure
   function of the item's codes, so re-training never re-encodes anything and an item is found
@@ -25,9 +26,10 @@ partitions ("lists") nearest to it instead of every stored code:
 
 Until it is trained an index has one list (every query scans everything: exactly the flat
 search). :meth:`IVFCodeIndex.train` fits the centroids on (a sample of) the stored codes and
-re-assigns every entry; :func:`kmeans_codes` is the k-means. The inverted multi-index variant
-(:class:`MultiIndexLists`, list = the first two heads' codes) is kept for measurement
-(bench/bench_ivf.py): it needs no training and costs nothing to assign.
+re-assigns every entry; :func:`kmeans_latent` is the k-means (faiss's, on z_q, then snapped;
+:func:`kmeans_codes`, Lloyd's iterations kept on the grid, measured worse). The inverted
+multi-index variant (``coarse="imi"``, :class:`MultiIndexLists`: list = the first two heads'
+codes) needs no training and costs nothing to assign; bench/bench_ivf.py compares the two.
 
 Rows are the caller's dense row numbers (``service.collections`` keeps them equal to its SQLite
 slots) and change only through :meth:`add`, :meth:`replace` and :meth:`remove`, exactly as for

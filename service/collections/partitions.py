@@ -26,7 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.collections import files
 from vqvae.ivf import MAX_LISTS, TRAIN_POINTS_PER_LIST, IVFCodeIndex, default_lists
@@ -66,6 +66,12 @@ class IndexSpec(BaseModel):
         None, ge=MIN_TRAIN_AT, description="Items at which the lists are trained (default 32 per list, or "
         f"{AUTO_TRAIN_AT} without 'lists'); until then searches scan everything",
     )
+
+    @model_validator(mode="after")
+    def _imi_lists(self) -> IndexSpec:
+        if self.coarse == "imi" and self.lists not in (None, 65_536):
+            raise ValueError("'imi' lists are the first two heads' code pairs: 65 536 of them; leave 'lists' out")
+        return self
 
     def public(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True) if self.kind == "ivf" else {"kind": "flat"}

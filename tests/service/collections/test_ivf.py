@@ -160,6 +160,12 @@ def test_http_contract(make_client, data) -> None:
     assert resp.status_code == 200 and resp.json()["index"]["lists"] == 4
     assert client.put("/collections/p", json={"index": {"kind": "ivf", "lists": 1}}).status_code == 422
     assert client.put("/collections/p", json={"index": {"kind": "hnsw"}}).status_code == 422
+    assert client.put("/collections/m", json={"index": {"kind": "ivf", "coarse": "imi", "lists": 8}}).status_code == 422
+    resp = client.put("/collections/m", json={"index": {"kind": "ivf", "coarse": "imi"}})
+    assert resp.status_code == 201 and resp.json()["index"]["trained"] and resp.json()["index"]["lists"] == 65_536
+    assert client.post("/collections/m/items", json=body).status_code == 200
+    hits = client.post("/collections/m/search", json={"embeddings": q[:2].tolist(), "k": 5}).json()["results"]
+    assert all(len(r) == 5 for r in hits)
     assert client.put("/collections/f").status_code == 201
     assert client.post("/collections/f/train").status_code == 422
     assert client.post("/collections/nope/train").status_code == 404
