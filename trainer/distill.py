@@ -17,7 +17,7 @@ import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -42,11 +42,15 @@ class DistillConfig(BaseModel):
 
     teacher: EncodeConfig = Field(EncodeConfig(candidates=8, sweeps=2), description="the search the encoder learns")
     rounds: int = Field(2, ge=1, description="teacher search → encoder → decoder, repeated")
-    encoder_epochs: float = Field(4, gt=0, description="passes over the training set per round (encoder)")
+    encoder_epochs: float = Field(4, gt=0, description="passes over the (augmented) training set per round (encoder)")
     decoder_epochs: float = Field(2, ge=0, description="passes per round re-fitting the decoder (0: keep it)")
     lr: float = Field(3e-4, gt=0)
     batch_size: int = Field(1024, ge=2)
     temperature: float = Field(0.05, gt=0, description="τ of the per-head soft assignment")
+    soft_targets: float = Field(0.0, ge=0, description="temperature over the teacher's candidate errors: each "
+                                "head learns a distribution over its candidates (0: the searched code alone)")
+    augment: int = Field(0, ge=0, description="noisy copies of each row per round, labelled by the teacher")
+    noise: float = Field(0.25, ge=0, description="relative size of that noise (cosine to the row ≈ 1/√(1+noise²))")
     info_nce: float = Field(0.1, ge=0, description="decoder re-fit: InfoNCE weight beside cosine + score-aware")
     seed: int = 0
 
@@ -54,20 +58,70 @@ class DistillConfig(BaseModel):
 def teacher_codes(model: nn.Module, x: torch.Tensor, teacher: EncodeConfig, chunk: int = 4096,
                   progress: bool = True) -> torch.Tensor:
     """The searched codes [N, H] of every row, in chunks under one progress bar."""
+    return teacher_targets(model, x, teacher, 0.0, chunk, progress).codes
+
+
+class Targets(NamedTuple):
+    """Per (row, head): candidate codes [N, H, m], the probability the encoder should give each
+    [N, H, m] (hard targets: m = 1 with probability 1), and the searched codes [N, H]."""
+
+    ids: torch.Tensor
+    probs: torch.Tensor
+    codes: torch.Tensor
+
+    def __getitem__(self, i: Any) -> Targets:  # type: ignore[override]
+        return Targets(self.ids[i], self.probs[i], self.codes[i])
+
+
+def teacher_targets(model: nn.Module, x: torch.Tensor, teacher: EncodeConfig, soft: float, chunk: int = 4096,
+                    progress: bool = True) -> Targets:
+    """What the search teaches, in chunks under one progress bar.
+
+    With ``soft`` > 0 each head's target is softmax(−error / soft) over its candidates, the other
+    heads held at the searched codes: where two codes decode almost equally well the encoder is
+    not forced to learn an arbitrary choice between them, which hard codes would make it memorise.
+    """
     refiner = CodeRefiner(model, teacher)
-    out = []
+    ids, probs, searched = [], [], []
     with torch.inference_mode(), tqdm(total=len(x), desc="teacher search", unit="vec", disable=not progress) as bar:
         for i in range(0, len(x), chunk):
             part = x[i : i + chunk]
-            out.append(refiner(part, model.encode_latent(part)))
+            z_e = model.encode_latent(part)
+            codes = refiner(part, z_e)
+            searched.append(codes)
+            if soft > 0:
+                shortlist = refiner.shortlist(z_e)
+                err = refiner.candidate_errors(part, codes, shortlist)
+                ids.append(shortlist)
+                probs.append(torch.softmax(-(err - err.amin(-1, keepdim=True)) / soft, -1))
+            else:
+                ids.append(codes.unsqueeze(-1))
+                probs.append(torch.ones(codes.shape + (1,)))
             bar.update(len(part))
-    return torch.cat(out)
+    return Targets(torch.cat(ids), torch.cat(probs), torch.cat(searched))
 
 
-def assignment_loss(model: nn.Module, x: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Mean over heads of the cross-entropy of softmax(−d/τ) toward the target codes."""
-    d = model.quantizer.distances(model.encode_latent(x))  # [B, H, K]
-    return F.cross_entropy((-d / temperature).flatten(0, 1), targets.flatten())
+def assignment_loss(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | Targets,
+                    temperature: float) -> torch.Tensor:
+    """Mean over (row, head) of the cross-entropy of softmax(−d/τ) toward the target codes
+    (a code tensor [B, H] or soft :class:`Targets`)."""
+    if isinstance(targets, torch.Tensor):
+        targets = Targets(targets.unsqueeze(-1), torch.ones(targets.shape + (1,)), targets)
+    logp = torch.log_softmax(-model.quantizer.distances(model.encode_latent(x)) / temperature, -1)  # [B, H, K]
+    return -(targets.probs * logp.gather(-1, targets.ids)).sum(-1).mean()
+
+
+def augmented(x: torch.Tensor, copies: int, noise: float, gen: torch.Generator) -> torch.Tensor:
+    """x and ``copies`` noisy versions of it, each scaled back to its row's norm: nearby points on
+    the sphere, so the encoder learns the teacher around the data and not only at it."""
+    if not copies:
+        return x
+    norms = x.norm(dim=-1, keepdim=True)
+    parts = [x]
+    for _ in range(copies):
+        g = torch.randn(x.shape, generator=gen) * (noise / math.sqrt(x.shape[1])) * norms
+        parts.append(F.normalize(x + g, dim=-1) * norms)
+    return torch.cat(parts)
 
 
 def decoder_loss(model: nn.Module, x: torch.Tensor, codes: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:
@@ -115,17 +169,21 @@ def distill(model: nn.Module, train: np.ndarray, cfg: DistillConfig,
     """
     torch.manual_seed(cfg.seed)
     x = torch.from_numpy(np.ascontiguousarray(train, dtype=np.float32))
+    gen = torch.Generator().manual_seed(cfg.seed)
     for p in model.quantizer.parameters():
         p.requires_grad_(False)
     history: list[dict[str, Any]] = []
     for r in range(cfg.rounds):
         model.eval()  # no dropout: the assignment must be the one inference makes
-        targets = teacher_codes(model, x, cfg.teacher, progress=progress)
-        row: dict[str, Any] = {"round": r + 1, "agreement_before": agreement(model, x, targets)}
-        row["encoder_loss"] = _fit(list(model.encoder.parameters()), len(x), cfg.encoder_epochs, cfg,
+        xa = augmented(x, cfg.augment, cfg.noise, gen)
+        targets = teacher_targets(model, xa, cfg.teacher, cfg.soft_targets, progress=progress)
+        row: dict[str, Any] = {"round": r + 1, "agreement_before": agreement(model, x, targets.codes[: len(x)])}
+        row["encoder_loss"] = _fit(list(model.encoder.parameters()), len(xa), cfg.encoder_epochs, cfg,
                                    f"round {r + 1}: encoder",
-                                   lambda i, t=targets: assignment_loss(model, x[i], t[i], cfg.temperature), progress)
-        row["agreement_after"] = agreement(model, x, targets)
+                                   lambda i, a=xa, t=targets: assignment_loss(model, a[i], t[i], cfg.temperature),
+                                   progress)
+        row["agreement_after"] = agreement(model, x, targets.codes[: len(x)])
+        del xa, targets
         if cfg.decoder_epochs:
             with torch.inference_mode():
                 codes = torch.cat([model.encode(x[i : i + 4096]) for i in range(0, len(x), 4096)])

@@ -52,7 +52,9 @@ from vqvae.search import (
     METRIC_NEG_L2,
     Decoder,
     SearchResult,
+    adc_scores,
     rerank_by_cosine,
+    rerank_queries,
 )
 
 log = logging.getLogger(__name__)
@@ -751,16 +753,9 @@ class IVFCodeIndex:
             raise ValueError("candidates must be ≥ 0")
         if candidates == 0:
             dist, labels = self.adc_labels(z_e, k, probe, rows)
-            scores = 1.0 - dist / (2.0 * self.num_heads) if self.metric == METRIC_LATENT_COSINE else -dist
-            scores = np.where(labels >= 0, scores, -np.inf).astype(np.float32)
-            return SearchResult(rows=self._to_rows(labels), scores=scores, metric=self.metric)
-        if queries is None or decoder is None:
-            raise ValueError("re-ranking (candidates > 0) needs the query embeddings and a decoder")
-        x = np.asarray(queries, dtype=np.float32)
-        if x.ndim == 1:
-            x = x[None]
-        if len(x) != len(np.atleast_2d(z_e)):
-            raise ValueError(f"{len(x)} query embeddings for {len(np.atleast_2d(z_e))} latent queries")
+            return SearchResult(rows=self._to_rows(labels), metric=self.metric,
+                                scores=adc_scores(dist, labels, self.metric, self.num_heads))
+        x = rerank_queries(z_e, queries, decoder)
         _, cand = self.adc_labels(z_e, max(candidates, k), probe, rows)
 
         def reconstruct(labels: np.ndarray) -> np.ndarray:

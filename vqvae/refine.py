@@ -59,8 +59,7 @@ class CodeRefiner:
         distances = self.model.quantizer.distances(z_e)  # [B, H, K]
         if not self.enabled:
             return distances.argmin(-1)
-        m = min(self.config.candidates, distances.shape[-1])
-        shortlist = distances.topk(m, dim=-1, largest=False).indices  # [B, H, m], nearest first
+        shortlist = self._nearest(distances)
         was_training = self.model.training
         self.model.eval()  # no dropout inside the decoder while it judges the tries
         try:
@@ -70,20 +69,57 @@ class CodeRefiner:
             self.model.train(was_training)
         return torch.cat(parts) if parts else distances.argmin(-1)
 
-    def _search(self, x: torch.Tensor, shortlist: torch.Tensor) -> torch.Tensor:
-        table = self.decoder.first_layer_table  # [H, K, hidden]
+    def _tries(self, x: torch.Tensor, hidden: torch.Tensor, codes: torch.Tensor, shortlist: torch.Tensor,
+               head: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """First-layer outputs [B, m, hidden] and errors [B, m] of swapping ``head``'s code for each
+        of its shortlisted codes, the other heads held at ``codes``."""
+        table = self.decoder.first_layer_table
         assert table is not None
+        options = table[head][shortlist[:, head]]  # [B, m, hidden]
+        tries = (hidden - table[head, codes[:, head]]).unsqueeze(1) + options
+        return tries, score_aware_error(self.decoder.finish(tries), x.unsqueeze(1), self.config.eta)
+
+    def _first_layer(self, codes: torch.Tensor) -> torch.Tensor:
+        table = self.decoder.first_layer_table
+        assert table is not None
+        return table[torch.arange(codes.shape[1]), codes].sum(1)  # [B, hidden]
+
+    def _search(self, x: torch.Tensor, shortlist: torch.Tensor) -> torch.Tensor:
         b, h, _ = shortlist.shape
         rows = torch.arange(b)
         codes = shortlist[:, :, 0].clone()
-        hidden = table[torch.arange(h), codes].sum(1)  # [B, hidden]: first layer of the current codes
-        target = x.unsqueeze(1)
+        hidden = self._first_layer(codes)
         for _ in range(self.config.sweeps):
             for head in range(h):
-                options = table[head][shortlist[:, head]]  # [B, m, hidden]
-                tries = (hidden - table[head, codes[:, head]]).unsqueeze(1) + options
-                err = score_aware_error(self.decoder.finish(tries), target, self.config.eta)  # [B, m]
+                tries, err = self._tries(x, hidden, codes, shortlist, head)
                 best = err.argmin(-1)
                 hidden = tries[rows, best]
                 codes[:, head] = shortlist[rows, head, best]
         return codes
+
+    @torch.inference_mode()
+    def candidate_errors(self, x: torch.Tensor, codes: torch.Tensor, shortlist: torch.Tensor) -> torch.Tensor:
+        """Errors [B, H, m]: for each head, each shortlisted code in place of ``codes``' own, the
+        other heads held at ``codes``. Where the search settled, the smallest is its own code's;
+        how much the others lose says how much the choice matters (a distillation target)."""
+        if not self.enabled:
+            raise ValueError("candidate errors need the decoder shortcut (a linear first layer)")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = []
+            for i in range(0, len(x), self.chunk):
+                xs, cs, ss = x[i : i + self.chunk], codes[i : i + self.chunk], shortlist[i : i + self.chunk]
+                hidden = self._first_layer(cs)
+                out.append(torch.stack([self._tries(xs, hidden, cs, ss, h)[1] for h in range(cs.shape[1])], 1))
+        finally:
+            self.model.train(was_training)
+        return torch.cat(out)
+
+    def shortlist(self, z_e: torch.Tensor) -> torch.Tensor:
+        """[B, H, m]: each head's ``candidates`` nearest codes to the encoder output, nearest first."""
+        return self._nearest(self.model.quantizer.distances(z_e))
+
+    def _nearest(self, distances: torch.Tensor) -> torch.Tensor:
+        m = min(max(self.config.candidates, 1), distances.shape[-1])
+        return distances.topk(m, dim=-1, largest=False).indices  # [B, H, m], nearest first

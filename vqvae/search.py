@@ -114,6 +114,25 @@ def smallest_k(values: np.ndarray, k: int) -> np.ndarray:
     return idx[np.argsort(values[idx], kind="stable")].astype(np.int64, copy=False)
 
 
+def adc_scores(dist: np.ndarray, rows: np.ndarray, metric: str, num_heads: int) -> np.ndarray:
+    """ADC distances as the scores a search returns: latent cosine (each head's codes unit length)
+    or −L2; -inf where ``rows`` is -1 (fewer than k results)."""
+    scores = 1.0 - dist / (2.0 * num_heads) if metric == METRIC_LATENT_COSINE else -dist
+    return np.where(rows >= 0, scores, -np.inf).astype(np.float32)
+
+
+def rerank_queries(z_e: np.ndarray, queries: np.ndarray | None, decoder: object | None) -> np.ndarray:
+    """The float queries [Q, d] that re-ranking needs, checked against the latent queries."""
+    if queries is None or decoder is None:
+        raise ValueError("re-ranking (candidates > 0) needs the query embeddings and a decoder")
+    x = np.asarray(queries, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None]
+    if len(x) != len(np.atleast_2d(z_e)):
+        raise ValueError(f"{len(x)} query embeddings for {len(np.atleast_2d(z_e))} latent queries")
+    return x
+
+
 def rerank_by_cosine(
     queries: np.ndarray, candidates: np.ndarray, k: int, reconstruct: Callable[[np.ndarray], np.ndarray]
 ) -> SearchResult:
@@ -408,20 +427,11 @@ class CodeIndex:
             raise ValueError("candidates must be ≥ 0")
         if candidates == 0:
             dist, found = self.adc(z_e, k, backend, rows)
-            return SearchResult(rows=found, scores=self._adc_scores(dist, found), metric=self.metric)
-        if queries is None or decoder is None:
-            raise ValueError("re-ranking (candidates > 0) needs the query embeddings and a decoder")
-        x = np.asarray(queries, dtype=np.float32)
-        if x.ndim == 1:
-            x = x[None]
-        if len(x) != len(np.atleast_2d(z_e)):
-            raise ValueError(f"{len(x)} query embeddings for {len(np.atleast_2d(z_e))} latent queries")
+            return SearchResult(rows=found, scores=adc_scores(dist, found, self.metric, self.num_heads),
+                                metric=self.metric)
+        x = rerank_queries(z_e, queries, decoder)
         _, cand = self.adc(z_e, max(candidates, k), backend, rows)
         return self._rerank(x, cand, k, decoder)
-
-    def _adc_scores(self, dist: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        scores = 1.0 - dist / (2.0 * self.num_heads) if self.metric == METRIC_LATENT_COSINE else -dist
-        return np.where(rows >= 0, scores, -np.inf).astype(np.float32)
 
     def _rerank(self, x: np.ndarray, cand: np.ndarray, k: int, decoder: Decoder) -> SearchResult:
         def reconstruct(rows: np.ndarray) -> np.ndarray:

@@ -80,3 +80,17 @@ def test_invalid_encoding_metadata_is_a_checkpoint_error(model, tmp_path):
     save_checkpoint(model, path, encoding={"candidates": -3})
     with pytest.raises(CheckpointError, match="encoding"):
         Monolith.load(path)
+
+
+def test_candidate_errors_score_each_swap_through_the_decoder(model):
+    x = torch.from_numpy(clustered_embeddings(40, seed=6))
+    refiner = CodeRefiner(model, EncodeConfig(candidates=5, sweeps=2), chunk=16)
+    z = model.encode_latent(x)
+    codes, shortlist = refiner(x, z), refiner.shortlist(z)
+    err = refiner.candidate_errors(x, codes, shortlist)
+    assert shortlist.shape == err.shape == (40, model.config.num_heads, 5)
+    assert torch.equal(shortlist[..., 0], model.encode(x))  # nearest first
+    for head, j in [(0, 3), (model.config.num_heads - 1, 1)]:
+        swapped = codes.clone()
+        swapped[:, head] = shortlist[:, head, j]
+        assert torch.allclose(err[:, head, j], errors(model, x, swapped), atol=1e-4)
