@@ -20,6 +20,9 @@ class DataConfig(Strict):
     train: list[Path] = Field(..., min_length=1, description="float32 .npy files [N, 384]")
     val: list[Path] = Field(default_factory=list, description="held-out .npy files for model selection")
     max_val: int = Field(3000, gt=0, description="validation vectors used from each val file (the first)")
+    noise: float = Field(0.0, ge=0, description="augmentation: rows jittered on their sphere by this relative "
+                         "noise (trainer.data.jitter; cosine to the row ≈ 1/√(1+noise²)); 0: none")
+    noise_share: float = Field(0.5, ge=0, le=1, description="share of each batch's rows jittered when noise > 0")
 
 
 class OptimConfig(Strict):

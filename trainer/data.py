@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from trainer.sources import SOURCES, CorpusError
 
@@ -135,3 +137,12 @@ def embed_file(embedder, in_path: Path, out_path: Path, chunk: int = 4096, progr
         np.save(fh, out)
     tmp.replace(out_path)
     return len(texts)
+
+
+def jitter(x: torch.Tensor, noise: float, gen: torch.Generator) -> torch.Tensor:
+    """Nearby points on each row's sphere: x + Gaussian noise of relative size ``noise``, scaled
+    back to the row's norm (cosine to the row ≈ 1/√(1+noise²)). Augmentation that stays where
+    sentence embeddings live, so the model is fitted around the data and not only at it."""
+    norms = x.norm(dim=-1, keepdim=True)
+    g = torch.randn(x.shape, generator=gen) * (noise / math.sqrt(x.shape[-1])) * norms
+    return torch.nn.functional.normalize(x + g, dim=-1) * norms

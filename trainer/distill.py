@@ -21,11 +21,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from tqdm import tqdm
 
+from trainer.data import jitter
 from trainer.validation import evaluate_model, load_matrix
 from vqvae import losses as L
 from vqvae.checkpoint import load_checkpoint, save_checkpoint
@@ -112,16 +112,9 @@ def assignment_loss(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | T
 
 
 def augmented(x: torch.Tensor, copies: int, noise: float, gen: torch.Generator) -> torch.Tensor:
-    """x and ``copies`` noisy versions of it, each scaled back to its row's norm: nearby points on
-    the sphere, so the encoder learns the teacher around the data and not only at it."""
-    if not copies:
-        return x
-    norms = x.norm(dim=-1, keepdim=True)
-    parts = [x]
-    for _ in range(copies):
-        g = torch.randn(x.shape, generator=gen) * (noise / math.sqrt(x.shape[1])) * norms
-        parts.append(F.normalize(x + g, dim=-1) * norms)
-    return torch.cat(parts)
+    """x and ``copies`` jittered versions of it (``trainer.data.jitter``), so the encoder learns
+    the teacher around the data and not only at it."""
+    return torch.cat([x] + [jitter(x, noise, gen) for _ in range(copies)]) if copies else x
 
 
 def decoder_loss(model: nn.Module, x: torch.Tensor, codes: torch.Tensor, cfg: DistillConfig) -> torch.Tensor:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from trainer.codebook_init import CodebookKeeper
 from trainer.config import TrainConfig
+from trainer.data import jitter
 from trainer.distributed import init_from_env
 from trainer.loss_factory import inert_terms
 from trainer.monitor import LossHistory, StabilityMonitor
@@ -86,7 +87,13 @@ class Trainer:
         epoch, pos = divmod(step, self.steps_per_epoch)
         perm = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(self.x))
         idx = self.dist.shard(np.sort(perm[pos * self.batch_size : (pos + 1) * self.batch_size]))
-        return torch.from_numpy(np.ascontiguousarray(self.x[idx]))
+        x = torch.from_numpy(np.ascontiguousarray(self.x[idx]))
+        d = self.cfg.data
+        if d.noise > 0 and d.noise_share > 0:  # seeded by (seed, step, rank): resumes alike
+            gen = torch.Generator().manual_seed(hash((self.cfg.seed, step, self.dist.rank)) & 0x7FFFFFFF)
+            pick = torch.rand(len(x), generator=gen) < d.noise_share
+            x[pick] = jitter(x[pick], d.noise, gen)
+        return x
 
     def lr_at(self, step: int) -> float:
         o = self.cfg.optim

@@ -67,3 +67,17 @@ def test_learning_rate_warmup_is_configured_by_optim_lr_warmup_steps(data, tmp_p
     assert short.lr_at(short.total_steps) == pytest.approx(3e-3 * short.cfg.optim.lr_min_ratio)
     none = Trainer(config(data, tmp_path / "c", optim={**optim, "lr_warmup_steps": 0}), progress=False)
     assert none.lr_at(0) == pytest.approx(3e-3)
+
+
+def test_noise_jitters_a_share_of_each_batch_on_its_sphere_reproducibly(data, tmp_path):
+    plain = Trainer(config(data, tmp_path / "a"), progress=False)
+    cfg = config(data, tmp_path / "b")
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"noise": 0.3, "noise_share": 0.5})})
+    noisy = Trainer(cfg, progress=False)
+    clean, jittered = plain.batch(5), noisy.batch(5)
+    moved = ~torch.isclose(clean, jittered).all(-1)
+    assert 0.3 < float(moved.float().mean()) < 0.7
+    assert torch.allclose(clean.norm(dim=-1), jittered.norm(dim=-1), rtol=1e-4)
+    cos = torch.nn.functional.cosine_similarity(clean[moved], jittered[moved])
+    assert abs(float(cos.mean()) - 1 / np.sqrt(1 + 0.3**2)) < 0.03
+    assert torch.equal(jittered, noisy.batch(5)) and not torch.equal(jittered, noisy.batch(6))
