@@ -2,8 +2,9 @@
 # The fair quality report of a checkpoint (docs/architecture.md, "Quality metrics"): Monolith and
 # its nearest-code variant beside faiss at 4 bytes (OPQ4, RQ4x8, LSQ4x8) and 8 bytes (OPQ8, LSQ8x8),
 # every method ranked by cosine over its unit-length reconstructions, baselines fitted on the
-# same training files (50,000 of them), paired standard errors against Monolith.
-# In-domain: the held-out test splits of the training sources. Unseen: every split of pydoc,
+# same training files as the checkpoint (its provenance names them; 50,000 of them), paired
+# standard errors against Monolith. Fitted baselines are kept in runs/baselines and read back.
+# In-domain: the held-out test splits of the training sources (man: of the all-sources model). Unseen: every split of pydoc,
 # changelog and info, which no shipped model trains on. Needs data/emb (scripts/build_data.sh).
 # Usage: scripts/eval_shipped.sh [CHECKPOINT] [--record]  (extra flags go to monolith-train eval)
 set -euo pipefail
@@ -11,9 +12,13 @@ ckpt=${1:-vqvae/checkpoints/monolith-wiki.safetensors}
 shift || true
 emb=${EMB:-data/emb}
 all() { echo "$emb/$1.train.npy+$emb/$1.val.npy+$emb/$1.test.npy"; }
-monolith-train eval "monolith=$ckpt" --nearest \
-  --train "$emb/wordnet.train.npy" --train "$emb/debian.train.npy" \
+train=()
+while read -r f; do train+=(--train "$f"); done < <(python -c '
+import sys
+from vqvae.checkpoint import read_metadata
+print("\n".join(read_metadata(sys.argv[1])["provenance"]["train_files"]))' "$ckpt")
+monolith-train eval "monolith=$ckpt" --nearest "${train[@]}" --baseline-cache runs/baselines \
   --baselines OPQ4,PQ4 --baselines RQ4x8 --baselines LSQ4x8 --baselines OPQ8,PQ8 --baselines LSQ8x8 \
-  --data "wordnet=$emb/wordnet.test.npy" --data "debian=$emb/debian.test.npy" \
+  --data "wordnet=$emb/wordnet.test.npy" --data "debian=$emb/debian.test.npy" --data "man=$emb/man.test.npy" \
   --data "pydoc=$(all pydoc)" --data "changelog=$(all changelog)" --data "info=$(all info)" \
   --json-out "${OUT:-runs/eval}.json" "$@"

@@ -221,6 +221,9 @@ def evaluate(
         "--baselines", help="a faiss index_factory string fitted on --train, e.g. OPQ4,PQ4 or LSQ8x8; repeatable "
         "(default: OPQ4,PQ4, RQ4x8 and LSQ4x8, 4 bytes each; 'none': no baselines)")] = None,
     max_train: Annotated[int, typer.Option(help="baseline training vectors")] = 50_000,
+    baseline_cache: Annotated[Path | None, typer.Option(
+        help="folder of fitted baselines: each is read back from here when fitted on the same vectors "
+        "before (LSQ takes minutes), else fitted and saved here")] = None,
     n_queries: int = 1000,
     json_out: Annotated[Path | None, typer.Option(help="also write the rows as JSON")] = None,
     nearest: Annotated[bool, typer.Option(
@@ -276,7 +279,7 @@ def evaluate(
     for note in fairness_notes(models, train_data, len(train)) if specs else []:
         console.print(f"[yellow]note:[/] {note}")
     try:
-        methods += [baseline_method(b) for b in fit_baselines(specs, train)]
+        methods += [baseline_method(b) for b in fit_baselines(specs, train, cache=baseline_cache)]
     except BaselineError as exc:
         fail(str(exc))
     rows = quality_report(methods, eval_sets)

@@ -62,6 +62,28 @@ def test_eval_prints_a_fair_report_with_baselines(tiny_checkpoint, tmp_path):
     assert "baselines: 512" in table and "paired standard error" in table
 
 
+def test_eval_baseline_cache_fits_once_and_reads_back_the_same_index(tiny_checkpoint, tmp_path):
+    x = real_embeddings()
+    np.save(tmp_path / "train.npy", x[1::2])
+    np.save(tmp_path / "db.npy", x[0::2])
+    cache = tmp_path / "cache"
+
+    def run(name):
+        res = runner.invoke(app, ["eval", str(tiny_checkpoint), "--train", str(tmp_path / "train.npy"),
+                                  "--data", f"real={tmp_path / 'db.npy'}", "--n-queries", "100",
+                                  "--baselines", "PQ4x8", "--baseline-cache", str(cache),
+                                  "--json-out", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+        return json.loads((tmp_path / name).read_text())
+
+    first = run("a.json")
+    (saved,) = cache.glob("PQ4x8-512-*.faiss")
+    stamp = saved.stat().st_mtime_ns
+    second = run("b.json")
+    assert saved.stat().st_mtime_ns == stamp, "read back, not fitted again"
+    assert first[1]["recall_10@10"] == second[1]["recall_10@10"]
+
+
 def test_eval_without_baselines(tiny_checkpoint, embeddings_file):
     res = runner.invoke(app, ["eval", str(tiny_checkpoint), "--train", str(embeddings_file),
                               "--data", f"a={embeddings_file}", "--baselines", "none", "--n-queries", "50"])
