@@ -102,5 +102,6 @@ def main() -> None:
             print(f"{op:<8}{n:>7}{n / t_ours:>17,.0f}{n / t_chain:>14,.0f}{t_chain / t_ours:>8.0%}"
                   f"{t_ours * 1e3:>9.3f}")
 
+
 if __name__ == "__main__":
     main()

@@ -72,6 +72,11 @@ class Targets(NamedTuple):
     def __getitem__(self, i: Any) -> Targets:  # type: ignore[override]
         return Targets(self.ids[i], self.probs[i], self.codes[i])
 
+    @classmethod
+    def hard(cls, codes: torch.Tensor) -> Targets:
+        """The searched codes alone, each with probability 1."""
+        return cls(codes.unsqueeze(-1), torch.ones(codes.shape + (1,)), codes)
+
 
 def teacher_targets(model: nn.Module, x: torch.Tensor, teacher: EncodeConfig, soft: float, chunk: int = 4096,
                     progress: bool = True) -> Targets:
@@ -82,23 +87,19 @@ def teacher_targets(model: nn.Module, x: torch.Tensor, teacher: EncodeConfig, so
     not forced to learn an arbitrary choice between them, which hard codes would make it memorise.
     """
     refiner = CodeRefiner(model, teacher)
-    ids, probs, searched = [], [], []
+    parts: list[Targets] = []
     with torch.inference_mode(), tqdm(total=len(x), desc="teacher search", unit="vec", disable=not progress) as bar:
         for i in range(0, len(x), chunk):
             part = x[i : i + chunk]
-            z_e = model.encode_latent(part)
-            codes = refiner(part, z_e)
-            searched.append(codes)
+            codes, shortlist = refiner.search(part, model.encode_latent(part))
             if soft > 0:
-                shortlist = refiner.shortlist(z_e)
                 err = refiner.candidate_errors(part, codes, shortlist)
-                ids.append(shortlist)
-                probs.append(torch.softmax(-(err - err.amin(-1, keepdim=True)) / soft, -1))
+                t = Targets(shortlist, torch.softmax(-(err - err.amin(-1, keepdim=True)) / soft, -1), codes)
             else:
-                ids.append(codes.unsqueeze(-1))
-                probs.append(torch.ones(codes.shape + (1,)))
+                t = Targets.hard(codes)
+            parts.append(t)
             bar.update(len(part))
-    return Targets(torch.cat(ids), torch.cat(probs), torch.cat(searched))
+    return Targets(*(torch.cat(f) for f in zip(*parts, strict=True)))
 
 
 def assignment_loss(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | Targets,
@@ -106,7 +107,7 @@ def assignment_loss(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | T
     """Mean over (row, head) of the cross-entropy of softmax(−d/τ) toward the target codes
     (a code tensor [B, H] or soft :class:`Targets`)."""
     if isinstance(targets, torch.Tensor):
-        targets = Targets(targets.unsqueeze(-1), torch.ones(targets.shape + (1,)), targets)
+        targets = Targets.hard(targets)
     logp = torch.log_softmax(-model.quantizer.distances(model.encode_latent(x)) / temperature, -1)  # [B, H, K]
     return -(targets.probs * logp.gather(-1, targets.ids)).sum(-1).mean()
 

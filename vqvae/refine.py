@@ -18,6 +18,8 @@ that any decoder of the same checkpoint decodes. Measured on held-out text it li
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -53,21 +55,35 @@ class CodeRefiner:
         if config.refines and not self.enabled:
             log.warning("decoder-aware encoding needs a decoder whose first layer is linear; using nearest codes")
 
-    @torch.inference_mode()
     def __call__(self, x: torch.Tensor, z_e: torch.Tensor) -> torch.Tensor:
         """Codes [B, H] int64 for embeddings x [B, D] and their encoder outputs z_e."""
+        return self.search(x, z_e)[0]
+
+    @torch.inference_mode()
+    def search(self, x: torch.Tensor, z_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The codes [B, H] and the shortlist [B, H, m] they were searched in (each head's
+        ``candidates`` nearest codes, nearest first; m = 1 where the search is off)."""
         distances = self.model.quantizer.distances(z_e)  # [B, H, K]
         if not self.enabled:
-            return distances.argmin(-1)
+            nearest = distances.argmin(-1)
+            return nearest, nearest.unsqueeze(-1)
         shortlist = self._nearest(distances)
-        was_training = self.model.training
-        self.model.eval()  # no dropout inside the decoder while it judges the tries
-        try:
+        if not len(x):
+            return shortlist[..., 0], shortlist
+        with self._eval_mode():
             parts = [self._search(x[i : i + self.chunk], shortlist[i : i + self.chunk])
                      for i in range(0, len(x), self.chunk)]
+        return torch.cat(parts), shortlist
+
+    @contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """No dropout inside the decoder while it judges the tries; the caller's mode after."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            yield
         finally:
             self.model.train(was_training)
-        return torch.cat(parts) if parts else distances.argmin(-1)
 
     def _tries(self, x: torch.Tensor, hidden: torch.Tensor, codes: torch.Tensor, shortlist: torch.Tensor,
                head: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,21 +120,13 @@ class CodeRefiner:
         how much the others lose says how much the choice matters (a distillation target)."""
         if not self.enabled:
             raise ValueError("candidate errors need the decoder shortcut (a linear first layer)")
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            out = []
+        out = []
+        with self._eval_mode():
             for i in range(0, len(x), self.chunk):
                 xs, cs, ss = x[i : i + self.chunk], codes[i : i + self.chunk], shortlist[i : i + self.chunk]
                 hidden = self._first_layer(cs)
                 out.append(torch.stack([self._tries(xs, hidden, cs, ss, h)[1] for h in range(cs.shape[1])], 1))
-        finally:
-            self.model.train(was_training)
         return torch.cat(out)
-
-    def shortlist(self, z_e: torch.Tensor) -> torch.Tensor:
-        """[B, H, m]: each head's ``candidates`` nearest codes to the encoder output, nearest first."""
-        return self._nearest(self.model.quantizer.distances(z_e))
 
     def _nearest(self, distances: torch.Tensor) -> torch.Tensor:
         m = min(max(self.config.candidates, 1), distances.shape[-1])

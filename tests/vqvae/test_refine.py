@@ -86,7 +86,8 @@ def test_candidate_errors_score_each_swap_through_the_decoder(model):
     x = torch.from_numpy(clustered_embeddings(40, seed=6))
     refiner = CodeRefiner(model, EncodeConfig(candidates=5, sweeps=2), chunk=16)
     z = model.encode_latent(x)
-    codes, shortlist = refiner(x, z), refiner.shortlist(z)
+    codes, shortlist = refiner.search(x, z)
+    assert torch.equal(codes, refiner(x, z))
     err = refiner.candidate_errors(x, codes, shortlist)
     assert shortlist.shape == err.shape == (40, model.config.num_heads, 5)
     assert torch.equal(shortlist[..., 0], model.encode(x))  # nearest first
