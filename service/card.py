@@ -22,14 +22,15 @@ def _dict(value: Any) -> dict[str, Any]:
 
 
 def model_ref(monolith: Monolith) -> ModelRef:
-    """Name, version and checksum. The version is the one training recorded in the provenance,
-    else the checksum's prefix: codes are only comparable between identical weights."""
+    """Name, version and checksums. The version is the one training recorded in the provenance,
+    else the weights' checksum prefix: codes are only comparable between identical weights."""
     meta = monolith.metadata
     version = _dict(meta.get("provenance")).get("version") or _dict(meta.get("training")).get("version")
     return ModelRef(
         name=monolith.checkpoint.path.stem,
-        version=str(version) if version else monolith.sha256[:12],
+        version=str(version) if version else monolith.weights_sha256[:12],
         sha256=monolith.sha256,
+        weights_sha256=monolith.weights_sha256,
     )
 
 
@@ -45,6 +46,7 @@ def model_card(monolith: Monolith, settings: Settings, text_model: str | None) -
         version=ref.version,
         architecture=monolith.config.architecture,
         sha256=ref.sha256,
+        weights_sha256=ref.weights_sha256,
         checkpoint=str(monolith.checkpoint.path),
         format_version=format_version,
         config=monolith.config.model_dump(),

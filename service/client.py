@@ -102,6 +102,7 @@ class CollectionInfo:
     status: str  # "ok", "checkpoint_mismatch" or "error"
     count: int | None = None
     checkpoint_sha256: str | None = None
+    weights_sha256: str | None = None
     created: str | None = None
     description: str | None = None
     size_bytes: int | None = None

@@ -40,11 +40,12 @@ class EncodeRequest(BaseModel):
 
 
 class ModelRef(BaseModel):
-    """Which checkpoint produced the codes: codes are only comparable within one checksum."""
+    """Which checkpoint produced the codes: codes are only comparable between equal weights."""
 
     name: str
     version: str
-    sha256: str
+    sha256: str = Field(description="of the checkpoint file (changes when an evaluation is recorded into it)")
+    weights_sha256: str = Field(description="of its weights: codes mean the same exactly when this is equal")
 
 
 class EncodeResponse(BaseModel):
@@ -84,6 +85,7 @@ class ModelCard(BaseModel):
     version: str
     architecture: str
     sha256: str
+    weights_sha256: str
     checkpoint: str
     format_version: int | None
     config: dict[str, Any]

@@ -134,6 +134,11 @@ class Monolith:
         return self.checkpoint.sha256
 
     @property
+    def weights_sha256(self) -> str:
+        """The weights' checksum: equal for two files exactly when their codes mean the same."""
+        return self.checkpoint.weights_sha256
+
+    @property
     def embedder(self) -> TextEmbedder:
         """The text model, loaded on first use (most callers only handle vectors)."""
         if self._embedder is None:

@@ -26,17 +26,10 @@ log = logging.getLogger(__name__)
 FORMAT = "monolith"
 FORMAT_VERSION = 1
 # Metadata keys stored as JSON strings (safetensors metadata is str → str).
-JSON_KEYS = ("model_config", "provenance", "metrics", "reference_counts", "training", "encoding")
+JSON_KEYS = ("model_config", "provenance", "metrics", "reference_counts", "training", "encoding", "earlier_sha256")
 # sha256 of the tensor data (names, dtypes, shapes, bytes; see tensors_sha256), written at save
 # and verified at load: a header can be intact while a weight is not (a bit flip, a bad copy).
 CHECKSUM_KEY = "tensors_sha256"
-# Checkpoints shipped before CHECKSUM_KEY existed, by file name, and the sha256 of the file:
-# they are verified against it instead (their bytes, and so their codes, are left as they are:
-# rewriting them would change their checksum and orphan every collection built with them).
-SHIPPED_DIR = Path(__file__).resolve().parent / "checkpoints"
-SHIPPED_SHA256 = {
-    "monolith-wiki.safetensors": "f7bccafcd9dd5508e135a962b3235ea01749ed568c4080a40cfb74b8d70bf92e",
-}
 
 
 class CheckpointError(RuntimeError):
@@ -48,8 +41,14 @@ class Checkpoint:
     model: MonolithWiki | nn.Module  # MonolithWiki (product_vq) or a vqvae.bottlenecks model
     config: ModelConfig
     path: Path
-    sha256: str
+    sha256: str  # of the file: changes when metadata is recorded (record_metadata)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # of the tensors (tensors_sha256): the weights' identity, and so the codes'. Collections bind
+    # to it, so recording an evaluation report into the file does not orphan them.
+    weights_sha256: str = ""
+    # the file sha256s this file had before metadata was recorded into it: collections made
+    # before weights_sha256 existed recorded one of those, and are still this model's
+    earlier_sha256: tuple[str, ...] = ()
 
     @property
     def produces_codes(self) -> bool:
@@ -75,8 +74,9 @@ def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def check_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Refuse weights that are not the ones saved (checksum) or not finite (NaN/Inf)."""
+def check_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
+    """Refuse weights that are not the ones saved (checksum) or not finite (NaN/Inf); returns
+    their checksum, which older files that stored none get computed."""
     for name, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
@@ -84,26 +84,18 @@ def check_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, 
                 f"{path}: tensor {name} holds {bad} NaN or Inf values of {t.numel()}; a model with "
                 "non-finite weights answers NaN. The file is corrupt, or was saved from a diverged run"
             )
+    actual = tensors_sha256(tensors)
     recorded = meta.get(CHECKSUM_KEY)
-    if recorded is not None:
-        actual = tensors_sha256(tensors)
-        if actual != recorded:
-            raise CheckpointError(
-                f"{path}: its weights do not match the checksum stored when it was saved "
-                f"({CHECKSUM_KEY} {recorded[:12]}…, the data gives {actual[:12]}…): the file is corrupt "
-                "(a bit flip or a damaged copy). Restore it from a good copy"
-            )
-        return
-    pinned = SHIPPED_SHA256.get(path.name) if path.resolve().parent == SHIPPED_DIR else None
-    if pinned is not None:
-        if file_sha256(path) != pinned:
-            raise CheckpointError(
-                f"{path}: the shipped checkpoint's bytes differ from the ones released (sha256 {pinned[:12]}…): "
-                "the file is corrupt. Reinstall the package to restore it"
-            )
-        return
-    log.warning("checkpoint %s has no %s (saved by an older Monolith): its weights cannot be verified; "
-                "re-save it with vqvae.checkpoint.record_metadata to add one", path, CHECKSUM_KEY)
+    if recorded is None:
+        log.warning("checkpoint %s has no %s (saved by an older Monolith): its weights cannot be verified; "
+                    "re-save it with vqvae.checkpoint.record_metadata to add one", path, CHECKSUM_KEY)
+    elif actual != recorded:
+        raise CheckpointError(
+            f"{path}: its weights do not match the checksum stored when it was saved "
+            f"({CHECKSUM_KEY} {recorded[:12]}…, the data gives {actual[:12]}…): the file is corrupt "
+            "(a bit flip or a damaged copy). Restore it from a good copy"
+        )
+    return actual
 
 
 def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
@@ -147,11 +139,13 @@ def record_metadata(path: Path, **entries: Any) -> Path:
     """Rewrite a checkpoint (atomically) with JSON metadata entries added or replaced.
 
     For facts learnt after training, such as the evaluation report next to faiss; the weights
-    are copied unchanged, so the file's checksum changes but its codes do not.
+    are copied unchanged, so the file's checksum changes but its codes do not. The old file
+    checksum joins ``earlier_sha256``, so what was bound to it still finds this model.
     """
     ckpt = load_checkpoint(path)
     keep = {k: ckpt.metadata[k] for k in JSON_KEYS[1:] if k in ckpt.metadata}
-    return save_checkpoint(ckpt.model, path, **{**keep, **entries})
+    earlier = list(dict.fromkeys([*ckpt.earlier_sha256, ckpt.sha256]))
+    return save_checkpoint(ckpt.model, path, **{**keep, **entries, "earlier_sha256": earlier})
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -220,10 +214,14 @@ def load_checkpoint(path: Path, device: str = "cpu") -> Checkpoint:
         raise CheckpointError(
             f"{path} does not match {config.architecture} {config.model_dump()}: " + "; ".join(problems[:8])
         )
-    check_tensors(path, found, meta)
+    weights = check_tensors(path, found, meta)
     model.load_state_dict(found)
     model.to(device).eval()
-    return Checkpoint(model=model, config=config, path=path, sha256=file_sha256(path), metadata=meta)
+    earlier = meta.get("earlier_sha256") or []
+    if not (isinstance(earlier, list) and all(isinstance(e, str) for e in earlier)):
+        raise CheckpointError(f"{path}: metadata 'earlier_sha256' must be a list of sha256 strings")
+    return Checkpoint(model=model, config=config, path=path, sha256=file_sha256(path), metadata=meta,
+                      weights_sha256=weights, earlier_sha256=tuple(earlier))
 
 
 def load_with_fallback(primary: Path, fallback: Path | None = None, device: str = "cpu") -> Checkpoint:

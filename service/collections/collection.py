@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -43,13 +43,24 @@ LOAD_CHUNK = 8192  # rows fetched at a time when rebuilding an index (bounds the
 class StoreModel:
     """What collections need from a loaded model, so tests can vary the checksum alone."""
 
-    sha256: str
+    sha256: str  # of the checkpoint file, as shown to users
     num_heads: int
     codebook_size: int
     codebooks: np.ndarray  # [H, K, D] float32
     latent_unit_heads: bool
     model_config: dict[str, Any]
     decoder: Decoder | None = None
+    weights_sha256: str = ""  # what codes are bound to (vqvae.checkpoint.Checkpoint.weights_sha256)
+    earlier_sha256: tuple[str, ...] = ()  # file sha256s these weights had before metadata was recorded
+
+    def made(self, recorded: Mapping[str, Any]) -> bool:
+        """Whether codes recorded as made by ``recorded`` (a collection's meta or an export's
+        header) are this model's: by the weights' checksum, or, for files written before it was
+        recorded, by the checkpoint file's sha256 then or since."""
+        weights = recorded.get("weights_sha256")
+        if weights:
+            return bool(weights == self.weights_sha256)
+        return recorded.get("checkpoint_sha256") in (self.sha256, *self.earlier_sha256)
 
     @classmethod
     def from_monolith(cls, monolith: Any) -> StoreModel:
@@ -62,12 +73,16 @@ class StoreModel:
             latent_unit_heads=bool(getattr(monolith.config, "latent_unit_heads", False)),
             model_config=monolith.config.model_dump(mode="json"),
             decoder=CodeDecoder(model),
+            weights_sha256=monolith.weights_sha256,
+            earlier_sha256=monolith.checkpoint.earlier_sha256,
         )
 
     def file_meta(self) -> dict[str, str]:
         """What a new collection file records about the model its codes belong to."""
+        weights = {"weights_sha256": self.weights_sha256} if self.weights_sha256 else {}
         return {
             "checkpoint_sha256": self.sha256,
+            **weights,
             "model_config": json.dumps(self.model_config, sort_keys=True),
             "num_heads": str(self.num_heads),
             "codebook_size": str(self.codebook_size),
@@ -103,6 +118,7 @@ class CollectionInfo:
     status: Literal["ok", "checkpoint_mismatch", "error"]
     count: int | None = None
     checkpoint_sha256: str | None = None
+    weights_sha256: str | None = None
     created: str | None = None
     description: str | None = None
     size_bytes: int | None = None
@@ -121,7 +137,7 @@ class Collection:
         self._lock = threading.RLock()
         self._closed = False
         meta = files.read_meta(path)
-        files.check_compatible(name, meta, model.sha256)
+        files.check_compatible(name, meta, model)
         self.meta = meta
         self.conn = files.connect(path, synchronous)
         self._inode = os.stat(path).st_ino
@@ -237,6 +253,7 @@ class Collection:
                 status="ok",
                 count=len(self.index),
                 checkpoint_sha256=self.meta.get("checkpoint_sha256"),
+                weights_sha256=self.meta.get("weights_sha256"),
                 created=self.meta.get("created"),
                 description=self.meta.get("description") or None,
                 size_bytes=files.size_on_disk(self.path),

@@ -1,7 +1,7 @@
 """The collection file format: one SQLite file per collection, written durably.
 
 Layout: ``<data_dir>/collections/<name>.sqlite3``. Each file holds a ``meta`` table (the
-checkpoint sha256 its codes were made with, the model shape, creation time, description)
+checksums of the checkpoint file and of the weights its codes were made with, the model shape, creation time, description)
 and an ``items`` table ``(slot INTEGER PRIMARY KEY, id TEXT UNIQUE, codes BLOB, metadata,
 text)``. ``slot`` is the item's row in the in-memory :class:`vqvae.search.CodeIndex`, so
 string ids live only in SQLite and the process holds 4 bytes per vector, whatever the id length.
@@ -24,9 +24,12 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from service.collections.errors import CheckpointMismatch, CollectionCorrupt, CollectionNotFound, StorageFull
+
+if TYPE_CHECKING:
+    from service.collections.collection import StoreModel
 
 log = logging.getLogger(__name__)
 
@@ -153,21 +156,27 @@ def read_meta(path: Path) -> dict[str, str]:
         conn.close()
 
 
-def check_compatible(name: str, meta: dict[str, str], sha256: str) -> None:
+def check_compatible(name: str, meta: dict[str, str], model: StoreModel) -> None:
     """Refuse files of another schema or another checkpoint before anything touches them."""
     version = meta.get("schema_version")
     if version != str(SCHEMA_VERSION):
         raise CollectionCorrupt(
             f"collection {name!r} has storage schema version {version}; this Monolith reads {SCHEMA_VERSION}"
         )
-    recorded = meta.get("checkpoint_sha256")
-    if recorded != sha256:
+    if not model.made(meta):
         raise CheckpointMismatch(
-            f"collection {name!r} was encoded with checkpoint sha256 {recorded} but this server runs "
-            f"{sha256}; codes from one checkpoint mean nothing to another. Serve it with the "
-            "checkpoint it was built with (MONOLITH_CHECKPOINT), or delete and rebuild it. "
+            f"collection {name!r} was encoded with {made_with(meta)} but this server runs "
+            f"{made_with(model.file_meta())}; codes from one checkpoint mean nothing to another. Serve it "
+            "with the checkpoint it was built with (MONOLITH_CHECKPOINT), or delete and rebuild it. "
             "The collection was not modified."
         )
+
+
+def made_with(recorded: dict[str, Any]) -> str:
+    """The checkpoint a collection's meta or an export's header names, for error messages."""
+    weights = recorded.get("weights_sha256")
+    tail = f" (weights {weights})" if weights else ""
+    return f"checkpoint sha256 {recorded.get('checkpoint_sha256')}{tail}"
 
 
 def companions(path: Path) -> tuple[Path, Path, Path]:

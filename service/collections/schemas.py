@@ -39,7 +39,10 @@ class CollectionOut(BaseModel):
     name: str
     status: Literal["ok", "checkpoint_mismatch", "error"]
     count: int | None = Field(None, description="Stored items")
-    checkpoint_sha256: str | None = Field(None, description="Checkpoint the codes were made with")
+    checkpoint_sha256: str | None = Field(None, description="Checkpoint file the codes were made with")
+    weights_sha256: str | None = Field(
+        None, description="Checksum of that checkpoint's weights, which the codes are bound to (absent in "
+        "collections made before it was recorded: those are bound to checkpoint_sha256)")
     created: str | None = Field(None, description="ISO 8601, UTC")
     description: str | None = None
     size_bytes: int | None = Field(None, description="Database (+ WAL) bytes on disk")

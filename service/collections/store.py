@@ -132,7 +132,7 @@ class Store:
         between see no collection rather than a mix of two. ``built`` is removed either way."""
         path = self.path(name)
         try:
-            files.check_compatible(name, files.read_meta(built), self.model.sha256)
+            files.check_compatible(name, files.read_meta(built), self.model)
             with self._lock:
                 existed = path.exists()
                 if existed and not replace:
@@ -184,6 +184,7 @@ class Store:
             meta = files.read_meta(self.path(name))
         return CollectionInfo(
             name=name, status="checkpoint_mismatch", checkpoint_sha256=meta.get("checkpoint_sha256"),
+            weights_sha256=meta.get("weights_sha256"),
             created=meta.get("created"), description=meta.get("description") or None,
             size_bytes=files.size_on_disk(self.path(name)), error=str(exc),
         )

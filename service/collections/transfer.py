@@ -3,8 +3,9 @@
 The file is gzip-compressed UTF-8 JSON lines (``zcat wiki.monolith.gz | head`` shows it):
 
 1. a header: ``{"format": "monolith-collection", "format_version": 1, "name", "description",
-   "created", "exported", "checkpoint_sha256", "model", "num_heads", "codebook_size", "count",
-   "collection_meta"}`` (``collection_meta``: the index settings of a partitioned collection,
+   "created", "exported", "checkpoint_sha256", "weights_sha256", "model", "num_heads", "codebook_size",
+   "count", "collection_meta"}`` (an import is refused unless the serving checkpoint has those
+   weights: ``StoreModel.made``) (``collection_meta``: the index settings of a partitioned collection,
    ``partitions.META_KEYS``, so that a copy keeps its lists);
 2. ``count`` items in index order: ``{"id", "codes": [c0, c1, c2, c3], "metadata", "text"}``;
 3. a trailer: ``{"end": true, "count": N, "sha256": "<hex>"}``, the sha256 of every
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from service.collections import files, partitions
-from service.collections.collection import Collection
+from service.collections.collection import Collection, StoreModel
 from service.collections.errors import CheckpointMismatch, CollectionExists, InvalidExport
 from service.collections.store import Store
 
@@ -76,6 +77,7 @@ def export_lines(path: Path, name: str, progress: Progress | None = None) -> Ite
                 "created": meta.get("created"),
                 "exported": datetime.now(UTC).isoformat(timespec="seconds"),
                 "checkpoint_sha256": meta.get("checkpoint_sha256"),
+                "weights_sha256": meta.get("weights_sha256"),
                 "model": json.loads(meta.get("model_config", "{}")),
                 "num_heads": int(meta.get("num_heads", 0)),
                 "codebook_size": int(meta.get("codebook_size", 0)),
@@ -189,19 +191,21 @@ class _Lines:
             raise _bad(f"line {self.number} is not JSON") from None
 
 
-def read_header(lines: _Lines, sha256: str, num_heads: int, codebook_size: int) -> dict[str, Any]:
+def read_header(lines: _Lines, model: StoreModel) -> dict[str, Any]:
     header = lines.json(lines.next())
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise _bad(f"it has no {FORMAT!r} header")
     version = header.get("format_version")
     if version != FORMAT_VERSION:
         raise _bad(f"format version {version!r}; this Monolith reads version {FORMAT_VERSION}")
-    if header.get("checkpoint_sha256") != sha256:
+    if not model.made(header):
         raise CheckpointMismatch(
-            f"the export was made with checkpoint sha256 {header.get('checkpoint_sha256')} but this server runs "
-            f"{sha256}; codes from one checkpoint mean nothing to another. Import it where that checkpoint "
-            "is served (MONOLITH_CHECKPOINT), or rebuild the collection from its source data. Nothing was written."
+            f"the export was made with {files.made_with(header)} but this server runs "
+            f"{files.made_with(model.file_meta())}; codes from one checkpoint mean nothing to another. Import it "
+            "where that checkpoint is served (MONOLITH_CHECKPOINT), or rebuild the collection from its source data. "
+            "Nothing was written."
         )
+    num_heads, codebook_size = model.num_heads, model.codebook_size
     if header.get("num_heads") != num_heads or header.get("codebook_size") != codebook_size:
         raise _bad(f"codes of {header.get('num_heads')} heads × {header.get('codebook_size')} entries; "
                    f"the checkpoint has {num_heads} × {codebook_size}")
@@ -240,20 +244,19 @@ def _item_row(obj: Any, n: int, lines: _Lines, num_heads: int, codebook_size: in
 def read_into(
     src: IO[bytes],
     dest: Path,
-    file_meta: dict[str, str],
-    num_heads: int,
-    codebook_size: int,
+    model: StoreModel,
     limits: ImportLimits | None = None,
     progress: Progress | None = None,
 ) -> Imported:
     """Check the export in ``src`` and write it as a new collection file ``dest`` (which must
-    not exist; it is removed again if anything is wrong). ``file_meta`` is the serving model's
-    (``StoreModel.file_meta``): the header's checkpoint must be that one."""
+    not exist; it is removed again if anything is wrong). ``model`` is the serving one: the
+    header's checkpoint must be that one."""
     limits = limits or ImportLimits()
     lines = _Lines(src)
-    header = read_header(lines, file_meta["checkpoint_sha256"], num_heads, codebook_size)
+    header = read_header(lines, model)
+    num_heads, codebook_size = model.num_heads, model.codebook_size
     description = header.get("description")
-    meta = {**file_meta, **(header.get("collection_meta") or {})}
+    meta = {**model.file_meta(), **(header.get("collection_meta") or {})}
     files.create_file(dest, meta, num_heads, description if isinstance(description, str) else None)
     try:
         conn = sqlite3.connect(dest, isolation_level=None)
@@ -338,7 +341,7 @@ def import_collection(
     model = store.model
     tmp = store.staging_path(name)
     try:
-        done = read_into(src, tmp, model.file_meta(), model.num_heads, model.codebook_size, limits, progress)
+        done = read_into(src, tmp, model, limits, progress)
         try:  # the index settings it carried must make an index (a hand-edited file may not)
             partitions.new_index(model, files.read_meta(tmp), store.backend)
         except Exception as exc:

@@ -64,7 +64,7 @@ function showModel(card) {
   const m = card.metrics || {};
   const enc = card.encoding || {};
   const rows = [
-    ["name", card.name], ["version", card.version], ["sha256", card.sha256],
+    ["name", card.name], ["version", card.version], ["sha256", card.sha256], ["weights sha256", card.weights_sha256],
     ["architecture", `${card.architecture}: ${cfg.input_dim}-d → ${cfg.num_heads} heads × ${cfg.codebook_size} codes`],
     ["bytes per vector", card.bytes_per_vector],
     ["encoding", enc.candidates > 1 ? `decoder-aware search over ${enc.candidates} codes per head` : "nearest codes"],

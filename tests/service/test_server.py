@@ -31,6 +31,7 @@ def test_http_encode_texts_and_embeddings(server: str, monolith: Monolith) -> No
         body = http.post("/encode", json={"embeddings": x.tolist()}).json()
         np.testing.assert_array_equal(np.asarray(body["codes"]), monolith.encode(x))
         assert body["model"]["sha256"] == monolith.sha256
+        assert body["model"]["weights_sha256"] == monolith.checkpoint.metadata["tensors_sha256"]
 
 
 def test_http_decode_matches_library_exactly(server: str, monolith: Monolith) -> None:
@@ -120,5 +121,5 @@ def test_async_client(server: str, monolith: Monolith) -> None:
     bulk, singles, card, recon = asyncio.run(main())
     np.testing.assert_array_equal(bulk, monolith.encode(x))
     np.testing.assert_array_equal(np.concatenate(singles), monolith.encode(x[:8]))
-    assert card["sha256"] == monolith.sha256
+    assert card["sha256"] == monolith.sha256 and card["weights_sha256"] == monolith.weights_sha256
     np.testing.assert_array_equal(recon, served(monolith.decode, bulk[:2]))

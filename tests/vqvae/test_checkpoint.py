@@ -157,7 +157,7 @@ def test_corrupt_checkpoint_falls_back(tmp_path, caplog):
 
 def test_old_checkpoints_without_checksum_still_load(tmp_path, caplog):
     """A file written before the checksum existed: loaded (weights checked for NaN only), with a warning."""
-    from vqvae.checkpoint import CHECKSUM_KEY
+    from vqvae.checkpoint import CHECKSUM_KEY, tensors_sha256
 
     m = MonolithWiki(TINY)
     meta = {"format": "monolith", "format_version": "1", "model_config": TINY.model_dump_json()}
@@ -166,33 +166,52 @@ def test_old_checkpoints_without_checksum_still_load(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         ck = load_checkpoint(tmp_path / "old.safetensors")
     assert CHECKSUM_KEY not in ck.metadata and "cannot be verified" in caplog.text
+    assert ck.weights_sha256 == tensors_sha256(m.state_dict())  # computed: collections bind to it
     for k, v in m.state_dict().items():
         assert torch.equal(v, ck.model.state_dict()[k])
 
 
-def test_shipped_checkpoint_is_verified_against_its_released_sha256(tmp_path, monkeypatch):
-    """The shipped file predates the checksum and is kept byte for byte (rewriting it would change
-    its sha256, and so every collection built with it); its released sha256 is checked instead."""
-    import shutil
+# The shipped file's sha256 before its fair evaluation report was recorded into it (issue 10):
+# collections and exports made with that release recorded this, and must still open.
+RELEASED_SHA256 = "f7bccafcd9dd5508e135a962b3235ea01749ed568c4080a40cfb74b8d70bf92e"
 
+
+def test_shipped_checkpoint_carries_its_checksum_and_its_released_sha256():
     from vqvae import checkpoint as ck_module
     from vqvae.api import default_checkpoint
 
-    shipped = default_checkpoint()
-    ck = load_checkpoint(shipped)
-    assert ck.sha256 == ck_module.SHIPPED_SHA256[shipped.name]
-    assert ck_module.CHECKSUM_KEY not in ck.metadata
-    # the same bytes with one weight flipped, where the shipped file lives: refused
-    copy_dir = tmp_path / "checkpoints"
-    copy_dir.mkdir()
-    flipped = copy_dir / shipped.name
-    shutil.copy(shipped, flipped)
-    data = bytearray(flipped.read_bytes())
-    data[_data_offset(flipped) + 4096] ^= 0x01
-    flipped.write_bytes(bytes(data))
-    monkeypatch.setattr(ck_module, "SHIPPED_DIR", copy_dir.resolve())
-    with pytest.raises(CheckpointError, match="differ from the ones released"):
-        load_checkpoint(flipped)
+    ck = load_checkpoint(default_checkpoint())
+    assert ck.metadata[ck_module.CHECKSUM_KEY] == ck.weights_sha256
+    assert RELEASED_SHA256 in ck.earlier_sha256 and ck.sha256 != RELEASED_SHA256
+
+
+def test_recording_metadata_keeps_the_weights_identity_and_remembers_the_file_sha(tmp_path):
+    from vqvae.checkpoint import record_metadata, tensors_sha256
+
+    m = MonolithWiki(TINY)
+    path = save_checkpoint(m, tmp_path / "m.safetensors")
+    first = load_checkpoint(path)
+    assert first.weights_sha256 == tensors_sha256(m.state_dict()) and first.earlier_sha256 == ()
+    record_metadata(path, metrics={"note": 1})
+    second = load_checkpoint(path)
+    record_metadata(path, metrics={"note": 2})
+    third = load_checkpoint(path)
+    assert len({first.sha256, second.sha256, third.sha256}) == 3
+    assert first.weights_sha256 == second.weights_sha256 == third.weights_sha256
+    assert third.earlier_sha256 == (first.sha256, second.sha256)
+    assert third.metadata["metrics"] == {"note": 2}
+
+
+def test_earlier_sha256_must_be_a_list_of_strings(tmp_path):
+    from vqvae.checkpoint import atomic_save_tensors, tensors_sha256
+
+    m = MonolithWiki(TINY)
+    state = m.state_dict()
+    meta = {"format": "monolith", "format_version": "1", "model_config": TINY.model_dump_json(),
+            "tensors_sha256": tensors_sha256(state), "earlier_sha256": '{"a": 1}'}
+    atomic_save_tensors(state, tmp_path / "m.safetensors", meta)
+    with pytest.raises(CheckpointError, match="earlier_sha256"):
+        load_checkpoint(tmp_path / "m.safetensors")
 
 
 def test_record_metadata_adds_the_checksum_and_keeps_the_codes(tmp_path):

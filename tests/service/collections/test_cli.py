@@ -172,7 +172,7 @@ def test_build_reports_progress_as_it_goes(files: dict[str, Path], tmp_path: Pat
 
 
 def test_list_shows_checkpoint_mismatch(tmp_path: Path, monolith: Monolith) -> None:
-    other = dataclasses.replace(StoreModel.from_monolith(monolith), sha256="e" * 64)
+    other = dataclasses.replace(StoreModel.from_monolith(monolith), sha256="e" * 64, weights_sha256="d" * 64)
     Store(tmp_path / "data", other).create("old")
     code, out = run("list", "--data-dir", str(tmp_path / "data"))
     flat = " ".join(out.split())

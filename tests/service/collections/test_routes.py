@@ -247,7 +247,7 @@ def test_text_items_and_text_search(make_client: AppFactory, monolith: Monolith)
 
 
 def test_other_checkpoint_is_409_and_left_alone(make_client: AppFactory, monolith: Monolith, tmp_path: Path) -> None:
-    other = dataclasses.replace(StoreModel.from_monolith(monolith), sha256="f" * 64)
+    other = dataclasses.replace(StoreModel.from_monolith(monolith), sha256="f" * 64, weights_sha256="e" * 64)
     store = Store(tmp_path / "data", other)
     col, _ = store.create("old")
     col.upsert(["a"], np.array([[1, 2, 3, 4]], np.uint8))

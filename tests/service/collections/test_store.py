@@ -181,6 +181,26 @@ def test_other_checkpoint_is_refused_and_leaves_the_file_untouched(tmp_path: Pat
     assert Store(tmp_path, model).get("c").get("a") is not None
 
 
+def test_collections_follow_the_weights_not_the_file(tmp_path: Path, model: StoreModel) -> None:
+    """Recording metadata into a checkpoint changes its file sha256, not its weights: collections
+    made before (bound to the file sha256 then) and after (bound to the weights) still open."""
+    legacy = Store(tmp_path, model)  # no weights checksum: an older server
+    legacy.create("old")[0].upsert(["a"], unique_codes(1))
+    legacy.close()
+    current = dataclasses.replace(model, weights_sha256="w" * 64)
+    Store(tmp_path, current).create("new")[0].upsert(["b"], unique_codes(1, seed=1))
+    recorded = dataclasses.replace(current, sha256="c" * 64, earlier_sha256=(model.sha256,))
+    store = Store(tmp_path, recorded)
+    assert store.get("old").get("a") is not None and store.get("new").get("b") is not None
+    assert store.get("new").info().weights_sha256 == "w" * 64
+    other_weights = Store(tmp_path, dataclasses.replace(recorded, weights_sha256="x" * 64))
+    with pytest.raises(CheckpointMismatch, match="weights " + "w" * 64):
+        other_weights.get("new")
+    forgotten = Store(tmp_path, dataclasses.replace(recorded, earlier_sha256=()))
+    with pytest.raises(CheckpointMismatch):
+        forgotten.get("old")
+
+
 def test_changes_by_another_process_are_picked_up(tmp_path: Path, model: StoreModel) -> None:
     server = Store(tmp_path, model)
     col, _ = server.create("c")

@@ -109,11 +109,26 @@ def test_import_into_an_existing_collection_needs_replace(client: TestClient) ->
 
 
 def test_another_checkpoints_export_is_409(client: TestClient) -> None:
-    blob = rewrite(export(client), lambda rows: rows[0].update(checkpoint_sha256="f" * 64))
+    blob = rewrite(export(client), lambda rows: rows[0].update(weights_sha256="f" * 64))
     resp = client.post("/collections/copy/import", content=blob)
     assert resp.status_code == 409
     assert "f" * 64 in resp.json()["detail"] and "another" in resp.json()["detail"]
     assert client.get("/collections/copy").status_code == 404
+
+
+def test_exports_bind_to_the_weights_and_older_ones_to_the_file(client: TestClient) -> None:
+    """An export names the weights: the file's sha256 may have changed since (metadata recorded).
+    One from before weights_sha256 existed is judged by the file sha256 it names."""
+    header = json.loads(gzip.decompress(export(client)).split(b"\n", 1)[0])
+    assert header["weights_sha256"] == client.get("/model").json()["weights_sha256"]
+    other_file = rewrite(export(client), lambda rows: rows[0].update(checkpoint_sha256="e" * 64))
+    assert client.post("/collections/copy1/import", content=other_file).status_code == 201
+    older = rewrite(export(client), lambda rows: rows[0].pop("weights_sha256"))
+    assert client.post("/collections/copy2/import", content=older).status_code == 201
+    older_other = rewrite(export(client), lambda rows: (rows[0].pop("weights_sha256"),
+                                                        rows[0].update(checkpoint_sha256="e" * 64)))
+    assert client.post("/collections/copy3/import", content=older_other).status_code == 409
+    assert listing(client, "copy1") == listing(client, "copy2") == listing(client, "docs")
 
 
 def corruptions(blob: bytes) -> dict[str, bytes]:
