@@ -2,9 +2,10 @@
 
 Layout: ``<data_dir>/collections/<name>.sqlite3``. Each file holds a ``meta`` table (the
 checksums of the checkpoint file and of the weights its codes were made with, the model
-shape, creation time, description) and an ``items`` table ``(slot INTEGER PRIMARY KEY, id TEXT UNIQUE, codes BLOB, metadata,
-text)``. ``slot`` is the item's row in the in-memory :class:`vqvae.search.CodeIndex`, so
-string ids live only in SQLite and the process holds 4 bytes per vector, whatever the id length.
+shape, creation time, description) and an ``items`` table ``(slot INTEGER PRIMARY KEY, id TEXT
+UNIQUE, codes BLOB, metadata, text)``. ``slot`` is the item's row in the in-memory
+:class:`vqvae.search.CodeIndex`, so string ids live only in SQLite and the process holds 4 bytes
+per vector, whatever the id length.
 
 Durability: WAL journal, ``synchronous=FULL`` by default, every write in one ``BEGIN
 IMMEDIATE … COMMIT`` that finishes before the caller answers. In WAL mode a commit appends to
