@@ -23,6 +23,9 @@ class DataConfig(Strict):
     noise: float = Field(0.0, ge=0, description="augmentation: rows jittered on their sphere by this relative "
                          "noise (trainer.data.jitter; cosine to the row ≈ 1/√(1+noise²)); 0: none")
     noise_share: float = Field(0.5, ge=0, le=1, description="share of each batch's rows jittered when noise > 0")
+    mix: float = Field(0.0, ge=0, le=1, description="augmentation: share of each batch's rows replaced by a blend "
+                       "with their nearest neighbour in the batch (trainer.data.mix_neighbours); 0: none")
+    mix_min: float = Field(0.5, ge=0, le=1, description="least weight a blended row keeps on itself (uniform to 1)")
 
 
 class OptimConfig(Strict):

@@ -146,3 +146,20 @@ def jitter(x: torch.Tensor, noise: float, gen: torch.Generator) -> torch.Tensor:
     norms = x.norm(dim=-1, keepdim=True)
     g = torch.randn(x.shape, generator=gen) * (noise / math.sqrt(x.shape[-1])) * norms
     return torch.nn.functional.normalize(x + g, dim=-1) * norms
+
+
+def mix_neighbours(x: torch.Tensor, rows: torch.Tensor, least: float, gen: torch.Generator) -> torch.Tensor:
+    """``x`` with ``rows`` blended with their nearest other row of ``x`` (by cosine), weight
+    λ ~ U(least, 1) on themselves, back on their own norm. Unlike isotropic jitter, the new
+    points lie between two real sentences, along directions the data itself spans."""
+    out = x.clone()
+    if not bool(rows.any()) or len(x) < 2:
+        return out
+    unit = torch.nn.functional.normalize(x, dim=-1)
+    sim = unit[rows] @ unit.T
+    sim[torch.arange(len(sim)), rows.nonzero().squeeze(1)] = -math.inf  # not itself
+    partner = x[sim.argmax(dim=1)]
+    lam = least + (1 - least) * torch.rand(len(sim), 1, generator=gen)
+    blend = lam * x[rows] + (1 - lam) * partner
+    out[rows] = torch.nn.functional.normalize(blend, dim=-1) * x[rows].norm(dim=-1, keepdim=True)
+    return out

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from trainer.codebook_init import CodebookKeeper
 from trainer.config import TrainConfig
-from trainer.data import jitter
+from trainer.data import jitter, mix_neighbours
 from trainer.distributed import init_from_env
 from trainer.loss_factory import inert_terms
 from trainer.monitor import LossHistory, StabilityMonitor
@@ -89,8 +89,11 @@ class Trainer:
         idx = self.dist.shard(np.sort(perm[pos * self.batch_size : (pos + 1) * self.batch_size]))
         x = torch.from_numpy(np.ascontiguousarray(self.x[idx]))
         d = self.cfg.data
-        if d.noise > 0 and d.noise_share > 0:  # seeded by (seed, step, rank): resumes alike
-            gen = torch.Generator().manual_seed(hash((self.cfg.seed, step, self.dist.rank)) & 0x7FFFFFFF)
+        # augmentation, seeded by (seed, step, rank): resumes alike
+        gen = torch.Generator().manual_seed(hash((self.cfg.seed, step, self.dist.rank)) & 0x7FFFFFFF)
+        if d.mix > 0:
+            x = mix_neighbours(x, torch.rand(len(x), generator=gen) < d.mix, d.mix_min, gen)
+        if d.noise > 0 and d.noise_share > 0:
             pick = torch.rand(len(x), generator=gen) < d.noise_share
             x[pick] = jitter(x[pick], d.noise, gen)
         return x

@@ -24,7 +24,26 @@ CANDIDATES_ENV = "MONOLITH_ENCODE_CANDIDATES"
 
 
 def default_checkpoint() -> Path:
-    return Path(os.environ.get(CHECKPOINT_ENV) or DEFAULT_CHECKPOINT)
+    return resolve_checkpoint(os.environ.get(CHECKPOINT_ENV) or DEFAULT_CHECKPOINT)
+
+
+def shipped_checkpoints() -> list[str]:
+    """Names of the checkpoints that come with the package (``monolith-wiki``, ``monolith-all``)."""
+    return sorted(p.stem for p in CHECKPOINT_DIR.glob("*.safetensors"))
+
+
+def resolve_checkpoint(value: str | Path) -> Path:
+    """A checkpoint path, or the bare name of a shipped one: so ``MONOLITH_CHECKPOINT=monolith-all``
+    works without knowing where pip put the package. A path that exists always wins."""
+    path = Path(value)
+    if path.exists() or path.suffix or len(path.parts) != 1:
+        return path
+    shipped = CHECKPOINT_DIR / f"{path.name}.safetensors"
+    if shipped.is_file():
+        return shipped
+    raise CheckpointError(
+        f"checkpoint {str(value)!r} is neither a file nor a shipped checkpoint ({', '.join(shipped_checkpoints())})"
+    )
 
 
 def checkpoint_encoding(checkpoint: Checkpoint) -> EncodeConfig:
@@ -116,9 +135,9 @@ class Monolith:
 
         ``encoding`` defaults to the checkpoint's measured setting; ``candidates`` (or
         ``$MONOLITH_ENCODE_CANDIDATES``) overrides just its candidates (0: nearest codes, fastest)."""
-        primary = Path(path) if path else default_checkpoint()
+        primary = resolve_checkpoint(path) if path else default_checkpoint()
         fb = fallback or os.environ.get(FALLBACK_ENV)
-        ckpt = load_with_fallback(primary, Path(fb) if fb else None)
+        ckpt = load_with_fallback(primary, resolve_checkpoint(fb) if fb else None)
         if candidates is None and os.environ.get(CANDIDATES_ENV):
             candidates = _env_int(CANDIDATES_ENV)
         if encoding is None and candidates is not None:

@@ -69,15 +69,35 @@ def test_learning_rate_warmup_is_configured_by_optim_lr_warmup_steps(data, tmp_p
     assert none.lr_at(0) == pytest.approx(3e-3)
 
 
-def test_noise_jitters_a_share_of_each_batch_on_its_sphere_reproducibly(data, tmp_path):
-    plain = Trainer(config(data, tmp_path / "a"), progress=False)
+def augmented_batch(data, tmp_path, step: int, **augmentation) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch ``step`` without and with ``augmentation`` (DataConfig fields), and which rows it
+    moved, after what every augmentation keeps: about half the rows moved, norms, and the same
+    rows for the same step (resumes), other rows for another."""
     cfg = config(data, tmp_path / "b")
-    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"noise": 0.3, "noise_share": 0.5})})
-    noisy = Trainer(cfg, progress=False)
-    clean, jittered = plain.batch(5), noisy.batch(5)
-    moved = ~torch.isclose(clean, jittered).all(-1)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update=augmentation)})
+    augmented = Trainer(cfg, progress=False)
+    clean, changed = Trainer(config(data, tmp_path / "a"), progress=False).batch(step), augmented.batch(step)
+    moved = ~torch.isclose(clean, changed).all(-1)
     assert 0.3 < float(moved.float().mean()) < 0.7
-    assert torch.allclose(clean.norm(dim=-1), jittered.norm(dim=-1), rtol=1e-4)
+    assert torch.allclose(clean.norm(dim=-1), changed.norm(dim=-1), rtol=1e-4)
+    assert torch.equal(changed, augmented.batch(step)) and not torch.equal(changed, augmented.batch(step + 1))
+    return clean, changed, moved
+
+
+def test_noise_jitters_a_share_of_each_batch_on_its_sphere_reproducibly(data, tmp_path):
+    clean, jittered, moved = augmented_batch(data, tmp_path, 5, noise=0.3, noise_share=0.5)
     cos = torch.nn.functional.cosine_similarity(clean[moved], jittered[moved])
     assert abs(float(cos.mean()) - 1 / np.sqrt(1 + 0.3**2)) < 0.03
-    assert torch.equal(jittered, noisy.batch(5)) and not torch.equal(jittered, noisy.batch(6))
+
+
+def test_mix_blends_a_share_of_each_batch_with_its_nearest_neighbour(data, tmp_path):
+    clean, blended, moved = augmented_batch(data, tmp_path, 3, mix=0.5, mix_min=0.6)
+    unit = torch.nn.functional.normalize(clean, dim=-1)
+    sim = unit @ unit.T
+    sim.fill_diagonal_(-2)
+    partner = unit[sim.argmax(1)]
+    for i in moved.nonzero().squeeze(1).tolist():  # in the plane of the row and its neighbour, nearer the row
+        b = torch.nn.functional.normalize(blended[i], dim=0)
+        basis = torch.linalg.qr(torch.stack([unit[i], partner[i]]).T).Q
+        assert torch.allclose(basis @ (basis.T @ b), b, atol=1e-4)
+        assert float(b @ unit[i]) >= float(b @ partner[i]) - 1e-5

@@ -57,3 +57,21 @@ def test_shipped_checkpoint_loads_by_default():
 def test_env_selects_checkpoint(tiny_checkpoint, monkeypatch):
     monkeypatch.setenv("MONOLITH_CHECKPOINT", str(tiny_checkpoint))
     assert Monolith.load().config.codebook_size == 16
+
+
+def test_shipped_checkpoints_load_by_name(monkeypatch, tmp_path, tiny_checkpoint):
+    from vqvae.api import CHECKPOINT_DIR, shipped_checkpoints
+    from vqvae.checkpoint import CheckpointError
+
+    assert {"monolith-wiki", "monolith-all"} <= set(shipped_checkpoints())
+    assert Monolith.load("monolith-all").checkpoint.path == CHECKPOINT_DIR / "monolith-all.safetensors"
+    monkeypatch.setenv("MONOLITH_CHECKPOINT", "monolith-all")
+    m = Monolith.load()
+    assert m.checkpoint.path.name == "monolith-all.safetensors"
+    assert m.metadata["provenance"]["train_vectors"] > Monolith.load("monolith-wiki").metadata["provenance"][
+        "train_vectors"]
+    with pytest.raises(CheckpointError, match="neither a file nor a shipped checkpoint.*monolith-wiki"):
+        Monolith.load("monolith-al")
+    monkeypatch.chdir(tmp_path)  # a file of that name in the working directory wins over the shipped one
+    (tmp_path / "monolith-all").write_bytes(tiny_checkpoint.read_bytes())
+    assert Monolith.load("monolith-all").config.codebook_size == 16

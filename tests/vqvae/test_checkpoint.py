@@ -185,6 +185,19 @@ def test_shipped_checkpoint_carries_its_checksum_and_its_released_sha256():
     assert RELEASED_SHA256 in ck.earlier_sha256 and ck.sha256 != RELEASED_SHA256
 
 
+@pytest.mark.parametrize("name", ["monolith-wiki", "monolith-all"])
+def test_shipped_checkpoints_carry_the_fair_report_readme_quotes(name):
+    """README's Quality numbers come from this report: cosine ranking, faiss fitted on 50,000 of
+    the checkpoint's own training files, every unseen set, LSQ4x8 beside Monolith."""
+    from vqvae.api import CHECKPOINT_DIR
+
+    metrics = read_metadata(CHECKPOINT_DIR / f"{name}.safetensors")["metrics"]
+    assert metrics["eval_ranking"] == "cosine" and metrics["eval_train_vectors"] == 50_000
+    rows = {(r["set"], r["method"]): r for r in metrics["eval_report"]}
+    for unseen in ("pydoc", "changelog", "info"):
+        assert {(unseen, "monolith"), (unseen, "LSQ4x8"), (unseen, "OPQ8,PQ8")} <= rows.keys()
+
+
 def test_recording_metadata_keeps_the_weights_identity_and_remembers_the_file_sha(tmp_path):
     from vqvae.checkpoint import record_metadata, tensors_sha256
 
