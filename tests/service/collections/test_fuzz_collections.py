@@ -152,7 +152,8 @@ def test_searches_never_5xx(fz: TestClient, body: Any) -> None:
 
 
 @FUZZ
-@given(item_id=ids, limit=st.integers(-1, 2000), cursor=st.text(st.characters(), max_size=12),
+# cursor: no lone surrogate (a URL cannot hold one; ids test that path separately)
+@given(item_id=ids, limit=st.integers(-1, 2000), cursor=st.text(st.characters(exclude_categories=("Cs",)), max_size=12),
        get_ids=st.lists(ids, max_size=4) | json_values)
 def test_reads_and_deletes_never_5xx(fz: TestClient, item_id: str, limit: int, cursor: str, get_ids: Any) -> None:
     try:
