@@ -35,10 +35,19 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from trainer.cli import print_report  # noqa: E402
-from trainer.evaluate import EvalSet, Method, fit_baselines, monolith_method, quality_report, split_queries  # noqa: E402
+from trainer.evaluate import (  # noqa: E402
+    EvalSet,
+    Method,
+    baseline_method,
+    fit_baselines,
+    monolith_method,
+    quality_report,
+    split_queries,
+)
+from trainer.validation import load_matrix  # noqa: E402
 from vqvae.api import Monolith  # noqa: E402
 
-STEPS, K = 4, 256
+STEPS, K, DIM = 4, 256, 384
 
 
 class ImplicitStep(nn.Module):
@@ -145,15 +154,11 @@ def pilot_method(model: ImplicitRQ, a: int, n_train: int) -> Method:
     return Method(f"implicit RQ (A={a})", encode, decode, STEPS, "pilot", K, n_train)
 
 
-def load(files: list[str]) -> np.ndarray:
-    return np.concatenate([np.load(f).astype(np.float32) for f in files])
-
-
 def eval_sets(emb: Path) -> list[EvalSet]:
     """The six sets of scripts/eval_shipped.sh: test splits in-domain, every split unseen."""
-    sets = [split_queries(n, np.load(emb / f"{n}.test.npy")) for n in ("wordnet", "debian", "man")]
+    sets = [split_queries(n, load_matrix([emb / f"{n}.test.npy"], DIM)) for n in ("wordnet", "debian", "man")]
     for n in ("pydoc", "changelog", "info"):
-        sets.append(split_queries(n, load([str(emb / f"{n}.{s}.npy") for s in ("train", "val", "test")])))
+        sets.append(split_queries(n, load_matrix([emb / f"{n}.{s}.npy" for s in ("train", "val", "test")], DIM)))
     return sets
 
 
@@ -172,8 +177,8 @@ def main() -> None:
     p.add_argument("--json-out", type=Path, help="also write the report's rows as JSON")
     args = p.parse_args()
     torch.manual_seed(0)
-    x = load([str(args.emb / f"{s}.train.npy") for s in args.sources])
-    val = load([str(args.emb / f"{s}.val.npy") for s in args.sources])[:4000]
+    x = load_matrix([args.emb / f"{s}.train.npy" for s in args.sources], DIM)
+    val = load_matrix([args.emb / f"{s}.val.npy" for s in args.sources], DIM)[:4000]
     fit = x[np.sort(np.random.default_rng(0).choice(len(x), min(50_000, len(x)), replace=False))]
     t0 = time.perf_counter()
     model = ImplicitRQ(rq_bases(fit), args.hidden)
@@ -182,17 +187,11 @@ def main() -> None:
           f"({torch.get_num_threads()} threads)")
     methods = [monolith_method("monolith", Monolith.load(args.checkpoint)),
                pilot_method(model, args.eval_candidates, len(x))]
-    methods += [m for m in _baselines(fit, args.baseline_cache)]
+    methods += [baseline_method(b) for b in fit_baselines(["RQ4x8", "LSQ4x8"], fit, cache=args.baseline_cache)]
     rows = quality_report(methods, eval_sets(args.emb))
     print_report(rows)
     if args.json_out:
         args.json_out.write_text(json.dumps(rows, indent=2))
-
-
-def _baselines(fit: np.ndarray, cache: Path) -> list[Method]:
-    from trainer.evaluate import baseline_method
-
-    return [baseline_method(b) for b in fit_baselines(["RQ4x8", "LSQ4x8"], fit, cache=cache)]
 
 
 if __name__ == "__main__":

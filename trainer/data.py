@@ -155,11 +155,10 @@ def mix_neighbours(x: torch.Tensor, rows: torch.Tensor, least: float, gen: torch
     out = x.clone()
     if not bool(rows.any()) or len(x) < 2:
         return out
-    unit = torch.nn.functional.normalize(x, dim=-1)
-    sim = unit[rows] @ unit.T
+    picked = x[rows]
+    sim = torch.nn.functional.normalize(picked, dim=-1) @ torch.nn.functional.normalize(x, dim=-1).T
     sim[torch.arange(len(sim)), rows.nonzero().squeeze(1)] = -math.inf  # not itself
-    partner = x[sim.argmax(dim=1)]
     lam = least + (1 - least) * torch.rand(len(sim), 1, generator=gen)
-    blend = lam * x[rows] + (1 - lam) * partner
-    out[rows] = torch.nn.functional.normalize(blend, dim=-1) * x[rows].norm(dim=-1, keepdim=True)
+    blend = lam * picked + (1 - lam) * x[sim.argmax(dim=1)]
+    out[rows] = torch.nn.functional.normalize(blend, dim=-1) * picked.norm(dim=-1, keepdim=True)
     return out

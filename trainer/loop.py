@@ -89,6 +89,8 @@ class Trainer:
         idx = self.dist.shard(np.sort(perm[pos * self.batch_size : (pos + 1) * self.batch_size]))
         x = torch.from_numpy(np.ascontiguousarray(self.x[idx]))
         d = self.cfg.data
+        if not (d.mix > 0 or (d.noise > 0 and d.noise_share > 0)):
+            return x
         # augmentation, seeded by (seed, step, rank): resumes alike
         gen = torch.Generator().manual_seed(hash((self.cfg.seed, step, self.dist.rank)) & 0x7FFFFFFF)
         if d.mix > 0:

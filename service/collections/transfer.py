@@ -4,9 +4,9 @@ The file is gzip-compressed UTF-8 JSON lines (``zcat wiki.monolith.gz | head`` s
 
 1. a header: ``{"format": "monolith-collection", "format_version": 1, "name", "description",
    "created", "exported", "checkpoint_sha256", "weights_sha256", "model", "num_heads", "codebook_size",
-   "count", "collection_meta"}`` (an import is refused unless the serving checkpoint has those
-   weights: ``StoreModel.made``) (``collection_meta``: the index settings of a partitioned collection,
-   ``partitions.META_KEYS``, so that a copy keeps its lists);
+   "count", "collection_meta"}``. An import is refused unless the serving checkpoint has those
+   weights (``StoreModel.made``); ``collection_meta`` holds the index settings of a partitioned
+   collection (``partitions.META_KEYS``), so that a copy keeps its lists;
 2. ``count`` items in index order: ``{"id", "codes": [c0, c1, c2, c3], "metadata", "text"}``;
 3. a trailer: ``{"end": true, "count": N, "sha256": "<hex>"}``, the sha256 of every
    (uncompressed) byte before the trailer line.
