@@ -7,8 +7,9 @@ Input: a float ``.npy`` [N, D] (memory-mapped, so any size) or one column of a P
 which chunks are done. A chunk is marked done only after its rows were flushed to the file, and the
 record is replaced atomically, so after a crash (kill -9, power loss) the next run redoes at most
 the chunks that were in flight and the output is identical to an uninterrupted run. The record
-also pins the input (path, size, rows), the checkpoint's sha256 and the encoding, so a resume
-with anything else is refused; it is removed when the job completes.
+also pins the input (path, size, rows), the model's weights (their sha256, so recording a report in
+the checkpoint mid-job does not block the resume) and the encoding, so a resume with anything else
+is refused; it is removed when the job completes.
 
 Encoding runs on all cores as worker processes (each loads the model once, on one torch thread,
 and reads and writes its chunks through its own memory maps: no data crosses a pipe), or in one
@@ -143,6 +144,8 @@ class Job:
     checkpoint: str | None  # path, for workers to load the same model (None: the shipped one)
     checkpoint_sha256: str
     encoding: dict[str, Any]
+    weights_sha256: str = ""
+    earlier_sha256: tuple[str, ...] = ()  # file sha256s the weights had (records written before weights_sha256)
 
     @property
     def chunks(self) -> int:
@@ -159,7 +162,14 @@ class Job:
         st = self.source.stat()
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "input": str(self.source.resolve()),
                 "input_bytes": st.st_size, "column": self.column, "rows": self.rows, "dim": self.dim,
-                "chunk": self.chunk, "checkpoint_sha256": self.checkpoint_sha256, "encoding": self.encoding}
+                "chunk": self.chunk, "weights_sha256": self.weights_sha256, "encoding": self.encoding}
+
+    def same_model(self, record: dict[str, Any]) -> bool:
+        """Whether ``record`` was made with this model: by the weights, or for a record written
+        before they were pinned, by the checkpoint file's sha256, current or earlier."""
+        if "weights_sha256" in record:
+            return bool(record["weights_sha256"] == self.weights_sha256)
+        return record.get("checkpoint_sha256") in (self.checkpoint_sha256, *self.earlier_sha256)
 
 
 def _ranges(done: Iterable[int]) -> list[list[int]]:
@@ -189,7 +199,9 @@ class Progress:
         except (OSError, ValueError) as exc:
             raise BulkError(f"{path} is unreadable ({exc}); delete it and {self.job.out} to start over") from exc
         want = self.job.identity()
-        diff = [k for k in want if record.get(k) != want[k]]
+        diff = [k for k in want if k != "weights_sha256" and record.get(k) != want[k]]
+        if not self.job.same_model(record):
+            diff.insert(0, "model weights")
         if diff:
             raise BulkError(f"{path} belongs to another job (it differs in {', '.join(diff)}); run with the same "
                             f"input and settings, or delete it and {self.job.out} to start over")
@@ -271,7 +283,8 @@ def plan(source: Path, out: Path, monolith: Any, column: str | None = None, chun
     return Job(source=Path(source), out=Path(out), column=column, rows=src.rows, dim=src.dim,
                num_heads=monolith.config.num_heads, chunk=int(chunk),
                checkpoint=str(checkpoint) if checkpoint else None, checkpoint_sha256=monolith.sha256,
-               encoding=monolith.encoding.model_dump(mode="json"))
+               encoding=monolith.encoding.model_dump(mode="json"), weights_sha256=monolith.weights_sha256,
+               earlier_sha256=tuple(monolith.checkpoint.earlier_sha256))
 
 
 def prepare(job: Job, overwrite: bool = False) -> tuple[Progress, list[int]]:

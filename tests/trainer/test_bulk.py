@@ -76,6 +76,39 @@ def test_a_progress_record_of_another_job_is_refused(tmp_path: Path, npy: Path, 
         encode_file(npy, tmp_path / "c.npy", monolith, chunk=32, progress_bar=False)
 
 
+def test_a_resume_follows_the_weights_not_the_checkpoint_file(tmp_path: Path, npy: Path, monolith: Monolith,
+                                                              reference: np.ndarray) -> None:
+    """Recording a report in the checkpoint mid-job changes its file sha256, not its codes: the job
+    resumes. A record from before weights were pinned resumes by the file sha256; another model is refused."""
+    import shutil
+
+    from vqvae.checkpoint import record_metadata
+
+    ckpt = shutil.copy(monolith.checkpoint.path, tmp_path / "m.safetensors")
+    before = Monolith.load(ckpt)
+    out = tmp_path / "c.npy"
+    job = plan(npy, out, before, chunk=64)
+    progress, _ = prepare(job)
+    record = json.loads(job.progress_path.read_text())
+    assert record["weights_sha256"] == before.weights_sha256 and "checkpoint_sha256" not in record
+    record_metadata(Path(ckpt), metrics={"note": "recorded mid-job"})
+    after = Monolith.load(ckpt)
+    assert after.sha256 != before.sha256
+    assert encode_file(npy, out, after, chunk=64, progress_bar=False)["encoded"] == 640
+    assert np.array_equal(np.load(out), reference)
+
+    legacy = plan(npy, tmp_path / "d.npy", after, chunk=64)
+    prepare(legacy)
+    old = {k: v for k, v in json.loads(legacy.progress_path.read_text()).items() if k != "weights_sha256"}
+    legacy.progress_path.write_text(json.dumps({**old, "checkpoint_sha256": before.sha256}))
+    assert encode_file(npy, tmp_path / "d.npy", after, chunk=64, progress_bar=False)["encoded"] == 640
+
+    other = plan(npy, tmp_path / "e.npy", after, chunk=64)
+    prepare(other)
+    with pytest.raises(BulkError, match="model weights"):
+        encode_file(npy, tmp_path / "e.npy", Monolith.load("monolith-all"), chunk=64, progress_bar=False)
+
+
 def test_sigkill_then_resume_gives_the_identical_file(tmp_path: Path, npy: Path, reference: np.ndarray) -> None:
     out = tmp_path / "codes.npy"
     record = out.with_name(out.name + ".progress.json")
