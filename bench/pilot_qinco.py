@@ -162,6 +162,18 @@ def eval_sets(emb: Path) -> list[EvalSet]:
     return sets
 
 
+def fit_sample(x: np.ndarray, n: int = 50_000) -> np.ndarray:
+    """The seeded subset faiss is fitted on (the same rows, so ``runs/baselines`` fits are reused)."""
+    return x[np.sort(np.random.default_rng(0).choice(len(x), min(n, len(x)), replace=False))]
+
+
+def report(rows: list[dict[str, object]], json_out: Path | None) -> None:
+    """The fair table printed, and its rows written to ``json_out``."""
+    print_report(rows)
+    if json_out:
+        json_out.write_text(json.dumps(rows, indent=2))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--emb", type=Path, default=Path("data/emb"))
@@ -179,7 +191,7 @@ def main() -> None:
     torch.manual_seed(0)
     x = load_matrix([args.emb / f"{s}.train.npy" for s in args.sources], DIM)
     val = load_matrix([args.emb / f"{s}.val.npy" for s in args.sources], DIM)[:4000]
-    fit = x[np.sort(np.random.default_rng(0).choice(len(x), min(50_000, len(x)), replace=False))]
+    fit = fit_sample(x)
     t0 = time.perf_counter()
     model = ImplicitRQ(rq_bases(fit), args.hidden)
     train_model(model, x, val, args)
@@ -188,10 +200,7 @@ def main() -> None:
     methods = [monolith_method("monolith", Monolith.load(args.checkpoint)),
                pilot_method(model, args.eval_candidates, len(x))]
     methods += [baseline_method(b) for b in fit_baselines(["RQ4x8", "LSQ4x8"], fit, cache=args.baseline_cache)]
-    rows = quality_report(methods, eval_sets(args.emb))
-    print_report(rows)
-    if args.json_out:
-        args.json_out.write_text(json.dumps(rows, indent=2))
+    report(quality_report(methods, eval_sets(args.emb)), args.json_out)
 
 
 if __name__ == "__main__":
