@@ -19,23 +19,11 @@ Bounded: building 1M items takes about a minute, the table about 2 minutes more.
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-
-def timed_runs(fn: Callable[[], object], seconds: float, min_runs: int = 5, max_runs: int = 2000) -> list[float]:
-    fn()  # warm-up
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_runs or (time.perf_counter() - start < seconds and len(times) < max_runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
-
+from timing import pin_threads, timed_runs
 
 FILTERS: list[tuple[str, dict | None]] = [
     ("none", None),
@@ -59,8 +47,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5, help="passes over every cell, to spread out other load")
     args = ap.parse_args()
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)
+    pin_threads(args.threads)
     import faiss
     import numpy as np
     import torch
@@ -70,8 +57,6 @@ def main() -> None:
     from service.collections.store import Store
     from vqvae.api import Monolith
 
-    torch.set_num_threads(args.threads)
-    faiss.omp_set_num_threads(args.threads)
     monolith = Monolith.load(args.checkpoint)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:

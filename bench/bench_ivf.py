@@ -37,8 +37,9 @@ import argparse
 import gc
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
+
+from timing import timed_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,17 +57,6 @@ def trim() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:
         pass
-
-
-def timed(fn: Callable[[], object], seconds: float, min_runs: int = 5, max_runs: int = 5000) -> list[float]:
-    fn()
-    out: list[float] = []
-    t0 = time.perf_counter()
-    while len(out) < min_runs or (time.perf_counter() - t0 < seconds and len(out) < max_runs):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
 
 
 def make_data(monolith, n_max: int, base: int, queries: int, cache: Path, tau: float = 0.04):
@@ -282,8 +272,8 @@ def main() -> None:
                         j = next(it) % len(zq)
                         return run(zq[j : j + 1], xq[j : j + 1], cand)
 
-                    cell["lat"] += timed(one, args.seconds / args.rounds, min_runs=3)
-                    cell["bat"] += timed(lambda run=run, cand=cand: run(zq[: args.batch], xq[: args.batch], cand),
+                    cell["lat"] += timed_runs(one, args.seconds / args.rounds, min_runs=3)
+                    cell["bat"] += timed_runs(lambda run=run, cand=cand: run(zq[: args.batch], xq[: args.batch], cand),
                                          args.seconds / args.rounds, min_runs=1)
             for c in cells:
                 lat, bat = np.asarray(c["lat"]), np.asarray(c["bat"])

@@ -23,7 +23,6 @@ import argparse
 import platform
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,23 +32,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from timing import timed_runs  # noqa: E402
+
 from vqvae.api import Monolith  # noqa: E402
 from vqvae.config import EncodeConfig  # noqa: E402
 
 BATCHES = (1, 100, 4096)
-
-
-def timed(fn: Callable[[], object], seconds: float) -> list[float]:
-    """Seconds per call, after two warm-up calls, for about ``seconds`` of wall time."""
-    fn()
-    fn()
-    out: list[float] = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(out) < 5:
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
 
 
 def linear_chains(m: Monolith) -> tuple[Callable, Callable]:
@@ -92,13 +80,13 @@ def main() -> None:
         x /= np.linalg.norm(x, axis=1, keepdims=True)
         codes = m.encode(x)
         xt, ct = torch.from_numpy(x), torch.from_numpy(codes.astype(np.int64))
-        t_enc, t_dec = (statistics.median(timed(f, args.seconds)) for f in (lambda xt=xt: enc_chain(xt),
+        t_enc, t_dec = (statistics.median(timed_runs(f, args.seconds, warmup=2)) for f in (lambda xt=xt: enc_chain(xt),
                                                                              lambda ct=ct: dec_chain(ct)))
         rows = [("encode", lambda x=x: m.encode(x), t_enc), ("decode", lambda c=codes: m.decode(c), t_dec)]
         if refined.encoding.refines:  # the checkpoint's default encoding, judged against the same chain
             rows.insert(1, ("refine", lambda x=x: refined.encode(x), t_enc))
         for op, ours, t_chain in rows:
-            t_ours = statistics.median(timed(ours, args.seconds))
+            t_ours = statistics.median(timed_runs(ours, args.seconds, warmup=2))
             print(f"{op:<8}{n:>7}{n / t_ours:>17,.0f}{n / t_chain:>14,.0f}{t_chain / t_ours:>8.0%}"
                   f"{t_ours * 1e3:>9.3f}")
 

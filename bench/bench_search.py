@@ -18,22 +18,10 @@ Bounded: each cell runs for about ``--seconds`` twice (latency, throughput), ~1-
 from __future__ import annotations
 
 import argparse
-import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-
-def timed_runs(fn: Callable[[], object], seconds: float, min_runs: int = 5, max_runs: int = 2000) -> list[float]:
-    """Run ``fn`` until ``seconds`` have passed (at least ``min_runs`` times); per-run times in s."""
-    fn()  # warm-up: first-call allocations, faiss table set-up
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_runs or (time.perf_counter() - start < seconds and len(times) < max_runs):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return times
+from timing import pin_threads, timed_runs
 
 
 def make_indexpq(codebooks, codes):  # numpy and faiss load after the thread settings
@@ -63,9 +51,7 @@ def main() -> None:
                     help="torch and faiss (OpenMP) threads; 1 by default: on a shared or loaded machine "
                     "OpenMP barriers make multi-threaded single queries 10x slower")
     args = ap.parse_args()
-    # Before numpy, torch and faiss load their thread pools (OpenBLAS reads this at import).
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)
+    pin_threads(args.threads)  # before numpy loads its thread pool
     import faiss
     import numpy as np
     import torch
@@ -73,9 +59,6 @@ def main() -> None:
     from vqvae.api import Monolith
     from vqvae.decoding import CodeDecoder
     from vqvae.search import CodeIndex
-
-    torch.set_num_threads(args.threads)
-    faiss.omp_set_num_threads(args.threads)
 
     monolith = Monolith.load(args.checkpoint)
     model = monolith.model
