@@ -54,6 +54,7 @@ from trainer.evaluate import (  # noqa: E402
 )
 from trainer.validation import load_matrix  # noqa: E402
 from vqvae.api import Monolith  # noqa: E402
+from vqvae.losses import similarity_distillation_loss  # noqa: E402
 
 DIM = 384
 
@@ -86,8 +87,10 @@ class NeuralDecoder(nn.Module):
 
 
 def train_decoder(model: NeuralDecoder, codes: np.ndarray, x: np.ndarray, epochs: int, batch: int = 1024,
-                  lr: float = 1e-3) -> list[float]:
-    """Minimise 1 − cosine(decoded, x) over the fixed codes; returns the loss of each epoch's last batch."""
+                  lr: float = 1e-3, distill: float = 0.0) -> list[float]:
+    """Minimise 1 − cosine(decoded, x) over the fixed codes, plus ``distill`` × the trainer's
+    similarity distillation (the batch's exact score distribution as teacher, τ = 0.05);
+    returns the loss of each epoch's last batch."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = max(1, epochs * (len(x) // batch))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.05)
@@ -98,7 +101,10 @@ def train_decoder(model: NeuralDecoder, codes: np.ndarray, x: np.ndarray, epochs
         perm = torch.randperm(len(x), generator=gen)
         for i in range(max(1, len(x) // batch)):
             rows = perm[i * batch : (i + 1) * batch]
-            loss = 1 - (model(c[rows]) * v[rows]).sum(-1).mean()
+            decoded = model(c[rows])
+            loss = 1 - (decoded * v[rows]).sum(-1).mean()
+            if distill:
+                loss = loss + distill * similarity_distillation_loss(decoded, v[rows])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -136,14 +142,15 @@ def decoder_methods(x: np.ndarray, fit: np.ndarray, args: argparse.Namespace) ->
     lsq = fit_baselines(["LSQ4x8"], fit, cache=args.baseline_cache)[0]
     model = NeuralDecoder(lsq_codebooks(lsq.index), hidden=args.hidden)
     t0 = time.perf_counter()
-    losses = train_decoder(model, lsq.encode(x), x, args.epochs)
+    losses = train_decoder(model, lsq.encode(x), x, args.epochs, distill=args.distill)
     print(f"decoder trained in {time.perf_counter() - t0:.0f} s, last loss {losses[-1]:.4f}")
 
     def decode(codes: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return model(torch.from_numpy(codes.astype(np.int64))).numpy()
 
-    return [Method("LSQ4x8 codes + neural decoder", lsq.encode, decode, 4, "pilot", 256, len(x)),
+    name = "LSQ4x8 codes + neural decoder" + (f", distill {args.distill:g}" if args.distill else "")
+    return [Method(name, lsq.encode, decode, 4, "pilot", 256, len(x)),
             baseline_method(lsq)]
 
 
@@ -180,6 +187,7 @@ def main() -> None:
     p.add_argument("--checkpoint", default="monolith-wiki", help="the reference Monolith")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--hidden", type=int, default=1024)
+    p.add_argument("--distill", type=float, default=0.0, help="decoder: weight of the similarity distillation term")
     p.add_argument("--alphas", type=float, nargs="+", default=[0.0, 1.0, 0.5, -0.5])
     p.add_argument("--fit", type=int, default=20_000, help="precondition: vectors each LSQ is fitted on")
     p.add_argument("--baseline-cache", type=Path, default=Path("runs/baselines"))

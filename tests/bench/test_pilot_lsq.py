@@ -40,6 +40,10 @@ def test_training_the_decoder_lowers_its_loss():
     model = pilot.NeuralDecoder(pilot.lsq_codebooks(index), embed=8, hidden=64, dropout=0.0)
     losses = pilot.train_decoder(model, index.sa_encode(x), x, epochs=15, batch=128, lr=3e-3)
     assert losses[-1] < 0.8 * losses[0]
+    torch.manual_seed(0)
+    with_distill = pilot.NeuralDecoder(pilot.lsq_codebooks(index), embed=8, hidden=64, dropout=0.0)
+    distilled = pilot.train_decoder(with_distill, index.sa_encode(x), x, epochs=15, batch=128, lr=3e-3, distill=1.0)
+    assert distilled[0] > losses[0] and distilled[-1] < 0.8 * distilled[0]  # the term is in the loss, and falls
 
 
 def test_preconditioning_is_undone_on_decoding():
