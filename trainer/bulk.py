@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from vqvae.checkpoint import made_by
+
 log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK = 16_384
@@ -167,9 +169,7 @@ class Job:
     def same_model(self, record: dict[str, Any]) -> bool:
         """Whether ``record`` was made with this model: by the weights, or for a record written
         before they were pinned, by the checkpoint file's sha256, current or earlier."""
-        if "weights_sha256" in record:
-            return bool(record["weights_sha256"] == self.weights_sha256)
-        return record.get("checkpoint_sha256") in (self.checkpoint_sha256, *self.earlier_sha256)
+        return made_by(record, self.weights_sha256, self.checkpoint_sha256, self.earlier_sha256)
 
 
 def _ranges(done: Iterable[int]) -> list[list[int]]:

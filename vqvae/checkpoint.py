@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,16 @@ class Checkpoint:
     def produces_codes(self) -> bool:
         """False for vae/wasserstein checkpoints: a float latent, nothing to encode to bytes."""
         return self.config.produces_codes
+
+
+def made_by(recorded: Mapping[str, Any], weights_sha256: str, sha256: str, earlier_sha256: Sequence[str]) -> bool:
+    """Whether codes ``recorded`` as made by a model (a collection's meta, an export's header, a
+    bulk job's record) are the model with these checksums': by the weights' checksum, or, for
+    records written before it was recorded, by the checkpoint file's sha256 then or since."""
+    weights = recorded.get("weights_sha256")
+    if weights:
+        return bool(weights == weights_sha256)
+    return recorded.get("checkpoint_sha256") in (sha256, *earlier_sha256)
 
 
 def file_sha256(path: Path) -> str:

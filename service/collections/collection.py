@@ -28,6 +28,7 @@ import numpy as np
 from service.collections import files, partitions
 from service.collections.errors import CollectionCorrupt, CollectionNotFound
 from service.collections.filters import Filter, MetadataColumns
+from vqvae.checkpoint import made_by
 from vqvae.decoding import CodeDecoder
 from vqvae.ivf import IVFCodeIndex
 from vqvae.search import Backend, CodeIndex, Decoder, swap_remove_plan
@@ -57,10 +58,7 @@ class StoreModel:
         """Whether codes recorded as made by ``recorded`` (a collection's meta or an export's
         header) are this model's: by the weights' checksum, or, for files written before it was
         recorded, by the checkpoint file's sha256 then or since."""
-        weights = recorded.get("weights_sha256")
-        if weights:
-            return bool(weights == self.weights_sha256)
-        return recorded.get("checkpoint_sha256") in (self.sha256, *self.earlier_sha256)
+        return made_by(recorded, self.weights_sha256, self.sha256, self.earlier_sha256)
 
     @classmethod
     def from_monolith(cls, monolith: Any) -> StoreModel:
