@@ -1,6 +1,6 @@
 """Monolith.encode / decode throughput next to the arithmetic limit, in one process.
 
-    python bench/bench_model.py [--seconds 2] [--threads N]
+    python bench/bench_model.py [--seconds 2] [--threads N] [--encoding C:S ...]
 
 For batch 1, 100 and 4096 it times:
   encode          Monolith.encode with nearest codes (numpy in → uint8 codes out: checks,
@@ -12,6 +12,7 @@ For batch 1, 100 and 4096 it times:
   refine          Monolith.encode with the checkpoint's decoder-aware encoding (vqvae/refine.py),
                   the shipped default: H·candidates·sweeps decoder tails per row, shared against
                   the encoder's chain (the limit a one-pass encoder could reach)
+  CxS             with --encoding C:S: the same with C candidates and S sweeps (e.g. 8x1)
 
 "share" is Monolith's rows/s over the chain's rows/s measured in the same run, so a busy
 machine moves both. Batch-1 latency is the median over the timed calls.
@@ -65,6 +66,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=2.0, help="timing budget per row")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--encoding", action="append", default=[], type=EncodeConfig.from_spec, metavar="C:S",
+                    help="also time encoding with C candidates and S sweeps (e.g. 8:1); repeatable")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,6 +88,9 @@ def main() -> None:
         rows = [("encode", lambda x=x: m.encode(x), t_enc), ("decode", lambda c=codes: m.decode(c), t_dec)]
         if refined.encoding.refines:  # the checkpoint's default encoding, judged against the same chain
             rows.insert(1, ("refine", lambda x=x: refined.encode(x), t_enc))
+        for e in args.encoding:
+            other = Monolith(m.checkpoint, encoding=e)
+            rows.insert(-1, (e.label, lambda x=x, other=other: other.encode(x), t_enc))
         for op, ours, t_chain in rows:
             t_ours = statistics.median(timed_runs(ours, args.seconds, warmup=2))
             print(f"{op:<8}{n:>7}{n / t_ours:>17,.0f}{n / t_chain:>14,.0f}{t_chain / t_ours:>8.0%}"

@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from vqvae.config import EncodeConfig
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build corpora, embed, train and evaluate.")
 console = Console(stderr=True)
 
@@ -230,6 +232,9 @@ def evaluate(
         help="also judge each checkpoint with nearest codes (no decoder-aware refinement)")] = False,
     searched: Annotated[bool, typer.Option(
         help="also judge each nearest-code checkpoint with the decoder-aware search (8 candidates, 2 sweeps)")] = False,
+    encodings: Annotated[list[str] | None, typer.Option(
+        "--encoding", help="also judge each checkpoint encoding with CANDIDATES:SWEEPS (0:1 is nearest codes, "
+        "8:2 the shipped search); repeatable: one row per setting shows what the search buys and costs")] = None,
     record: Annotated[bool, typer.Option(
         help="write the report into the (single) checkpoint's metadata, metrics.eval_report")] = False,
 ) -> None:
@@ -248,7 +253,6 @@ def evaluate(
     from vqvae.api import Monolith
     from vqvae.baselines import DEFAULT_BASELINES, BaselineError
     from vqvae.checkpoint import CheckpointError
-    from vqvae.config import EncodeConfig
 
     try:
         models = _load_models(checkpoints)
@@ -263,6 +267,7 @@ def evaluate(
             x = np.concatenate([load_embeddings(p, dim) for p in db])
             eval_sets.append(EvalSet(name, x, load_embeddings(queries, dim)[:n_queries]) if queries
                              else split_queries(name, x, n_queries))
+        settings = [EncodeConfig.from_spec(e) for e in encodings or []]
     except (CheckpointError, ValueError) as exc:
         fail(str(exc))
     specs = [] if baselines == ["none"] else list(dict.fromkeys(baselines or DEFAULT_BASELINES))
@@ -276,6 +281,8 @@ def evaluate(
         if searched and not m.encoding.refines:
             best = EncodeConfig(candidates=8, sweeps=2)
             methods.append(monolith_method(f"{name} (searched)", Monolith(m.checkpoint, encoding=best)))
+        for e in settings:
+            methods.append(monolith_method(f"{name} ({e.label})", Monolith(m.checkpoint, encoding=e)))
     for note in fairness_notes(models, train_data, len(train)) if specs else []:
         console.print(f"[yellow]note:[/] {note}")
     try:

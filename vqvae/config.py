@@ -86,3 +86,21 @@ class EncodeConfig(BaseModel):
     @property
     def refines(self) -> bool:
         return self.candidates > 1
+
+    @classmethod
+    def from_spec(cls, spec: str) -> EncodeConfig:
+        """``CANDIDATES:SWEEPS`` (e.g. ``8:2``), as the eval and benchmark command lines take it;
+        ValueError naming the form otherwise."""
+        candidates, colon, sweeps = spec.partition(":")
+        try:
+            if not colon:
+                raise ValueError(spec)
+            return cls(candidates=int(candidates), sweeps=int(sweeps))
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            raise ValueError(f"an encoding is CANDIDATES:SWEEPS (e.g. 8:2, 0 ≤ CANDIDATES ≤ 256, 1 ≤ SWEEPS ≤ 16), "
+                             f"got {spec!r}") from exc
+
+    @property
+    def label(self) -> str:
+        """``nearest`` or ``CxS``: how reports name the setting."""
+        return f"{self.candidates}x{self.sweeps}" if self.refines else "nearest"

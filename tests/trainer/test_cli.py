@@ -140,6 +140,22 @@ def test_eval_nearest_adds_a_row_for_refining_checkpoints(tmp_path):
     assert [r["method"] for r in json.loads(out.read_text())] == ["monolith", "monolith (nearest)", "PQ4x8"]
 
 
+def test_eval_encoding_adds_a_row_per_search_setting(tiny_checkpoint, tmp_path):
+    np.save(tmp_path / "train.npy", clustered_embeddings(2000, seed=1))
+    np.save(tmp_path / "db.npy", clustered_embeddings(500, seed=2))
+    out = tmp_path / "rows.json"
+    args = ["eval", str(tiny_checkpoint), "--train", str(tmp_path / "train.npy"), "--data", f"a={tmp_path / 'db.npy'}",
+            "--baselines", "none", "--json-out", str(out)]
+    res = runner.invoke(app, [*args, "--encoding", "0:1", "--encoding", "4:2"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())
+    assert [r["method"] for r in rows] == ["monolith", "monolith (nearest)", "monolith (4x2)"]
+    assert rows[2]["cosine"] >= rows[1]["cosine"]  # the search never lowers a row's cosine (unit vectors)
+    for bad in ("8", "x:2", "8:0", "300:1"):
+        res = runner.invoke(app, [*args, "--encoding", bad])
+        assert res.exit_code == 2 and "an encoding is CANDIDATES:SWEEPS" in res.output, bad
+
+
 def test_eval_record_writes_the_report_into_the_checkpoint(tiny_checkpoint, tmp_path):
     from vqvae.checkpoint import read_metadata
 

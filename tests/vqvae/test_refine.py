@@ -36,6 +36,33 @@ def test_refinement_never_raises_the_error_and_usually_lowers_it(model):
     assert after.mean() < before.mean() and (refined != nearest).any()
 
 
+def plain_icm(model, x, shortlist, sweeps, eta=4.0):
+    """The search spelt out: every row, every head, every sweep, through model.decode."""
+    codes = shortlist[:, :, 0].clone()
+    for _ in range(sweeps):
+        for head in range(codes.shape[1]):
+            tries = codes.unsqueeze(1).repeat(1, shortlist.shape[-1], 1)  # [B, m, H]
+            tries[:, :, head] = shortlist[:, head]
+            decoded = model.decode(tries.flatten(0, 1)).reshape(*tries.shape[:2], -1)
+            err = score_aware_error(decoded, x.unsqueeze(1), eta)
+            codes = tries[torch.arange(len(x)), err.argmin(-1)]
+    return codes
+
+
+def test_skipping_settled_rows_gives_the_codes_of_the_full_search(model):
+    x = torch.from_numpy(clustered_embeddings(200, seed=5))
+    z = model.encode_latent(x)
+    refiner = CodeRefiner(model, EncodeConfig(candidates=6, sweeps=4), chunk=64)
+    tried = []
+    finish = refiner.decoder.finish
+    refiner.decoder.finish = lambda hidden: tried.append(hidden.shape[0]) or finish(hidden)
+    codes, shortlist = refiner.search(x, z)
+    with torch.inference_mode():
+        assert torch.equal(codes, plain_icm(model, x, shortlist, sweeps=4))
+    heads = model.config.num_heads
+    assert heads * len(x) <= sum(tried) < 4 * heads * len(x)  # the first sweep tries every row, later ones fewer
+
+
 def test_refined_codes_come_from_each_heads_shortlist(model):
     x = torch.from_numpy(clustered_embeddings(50, seed=4))
     z = model.encode_latent(x)
