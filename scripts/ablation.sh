@@ -47,10 +47,12 @@ for name in "${order[@]}"; do
   checkpoints+=("$name=$out/$name/last.safetensors")
 done
 
+# The fair report's sets (scripts/eval_shipped.sh); differences against the recipe with their
+# paired standard errors; fitted baselines read back from runs/baselines.
 emb=data/emb
-monolith-train eval "${checkpoints[@]}" \
+all() { echo "$emb/$1.train.npy+$emb/$1.val.npy+$emb/$1.test.npy"; }
+monolith-train eval "${checkpoints[@]}" --baseline-cache runs/baselines \
   --train $emb/wordnet.train.npy --train $emb/debian.train.npy --baselines OPQ4,PQ4 --baselines LSQ4x8 \
-  --data wordnet=$emb/wordnet.test.npy --data debian=$emb/debian.test.npy \
-  --data pydoc=$emb/pydoc.train.npy+$emb/pydoc.val.npy+$emb/pydoc.test.npy \
-  --data changelog=$emb/changelog.train.npy+$emb/changelog.val.npy+$emb/changelog.test.npy \
+  --data wordnet=$emb/wordnet.test.npy --data debian=$emb/debian.test.npy --data man=$emb/man.test.npy \
+  --data "pydoc=$(all pydoc)" --data "changelog=$(all changelog)" --data "info=$(all info)" \
   --json-out "$out/ablation.json"
