@@ -47,12 +47,11 @@ for name in "${order[@]}"; do
   checkpoints+=("$name=$out/$name/last.safetensors")
 done
 
-# The fair report's sets (scripts/eval_shipped.sh); differences against the recipe with their
-# paired standard errors; fitted baselines read back from runs/baselines.
+# The fair report's sets; differences against the recipe with their paired standard errors;
+# fitted baselines read back from runs/baselines.
 emb=data/emb
-all() { echo "$emb/$1.train.npy+$emb/$1.val.npy+$emb/$1.test.npy"; }
+source "$(dirname "$0")/fair_sets.sh"
 monolith-train eval "${checkpoints[@]}" --baseline-cache runs/baselines \
   --train $emb/wordnet.train.npy --train $emb/debian.train.npy --baselines OPQ4,PQ4 --baselines LSQ4x8 \
-  --data wordnet=$emb/wordnet.test.npy --data debian=$emb/debian.test.npy --data man=$emb/man.test.npy \
-  --data "pydoc=$(all pydoc)" --data "changelog=$(all changelog)" --data "info=$(all info)" \
+  "${fair_sets[@]}" \
   --json-out "$out/ablation.json"

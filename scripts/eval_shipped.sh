@@ -11,7 +11,7 @@ set -euo pipefail
 ckpt=${1:-vqvae/checkpoints/monolith-wiki.safetensors}
 shift || true
 emb=${EMB:-data/emb}
-all() { echo "$emb/$1.train.npy+$emb/$1.val.npy+$emb/$1.test.npy"; }
+source "$(dirname "$0")/fair_sets.sh"
 train=()
 while read -r f; do train+=(--train "$f"); done < <(python -c '
 import sys
@@ -19,6 +19,5 @@ from vqvae.checkpoint import read_metadata
 print("\n".join(read_metadata(sys.argv[1])["provenance"]["train_files"]))' "$ckpt")
 monolith-train eval "monolith=$ckpt" --nearest "${train[@]}" --baseline-cache runs/baselines \
   --baselines OPQ4,PQ4 --baselines RQ4x8 --baselines LSQ4x8 --baselines OPQ8,PQ8 --baselines LSQ8x8 \
-  --data "wordnet=$emb/wordnet.test.npy" --data "debian=$emb/debian.test.npy" --data "man=$emb/man.test.npy" \
-  --data "pydoc=$(all pydoc)" --data "changelog=$(all changelog)" --data "info=$(all info)" \
+  "${fair_sets[@]}" \
   --json-out "${OUT:-runs/eval}.json" "$@"
