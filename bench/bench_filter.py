@@ -52,7 +52,8 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from service.collections.collection import Collection, StoreModel
+    from service.collections.binding import StoreModel
+    from service.collections.collection import Collection
     from service.collections.filters import parse_filter
     from service.collections.store import Store
     from vqvae.api import Monolith

@@ -38,7 +38,7 @@ def rss_bytes() -> int:
 
 
 def build(data_dir: Path, n: int, checkpoint: str | None) -> float:
-    from service.collections.collection import StoreModel
+    from service.collections.binding import StoreModel
     from service.collections.store import Store
     from vqvae.api import Monolith
 
@@ -55,7 +55,7 @@ def build(data_dir: Path, n: int, checkpoint: str | None) -> float:
 
 
 def measure(data_dir: Path, n: int, checkpoint: str | None) -> dict[str, float]:
-    from service.collections.collection import StoreModel
+    from service.collections.binding import StoreModel
     from service.collections.store import Store
     from vqvae.api import Monolith
     from vqvae.search import CodeIndex

@@ -30,7 +30,7 @@ from service.auth import require_api_key
 from service.batcher import MicroBatcher
 from service.card import model_card, model_ref, service_version
 from service.collections import routes as collections
-from service.collections.collection import StoreModel
+from service.collections.binding import StoreModel
 from service.collections.store import Store
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware, MemoryBudget, ShutdownMiddleware

@@ -1,7 +1,14 @@
 """Collections: named sets of items stored as codes, searched in the compressed domain.
 
-``errors`` (what can go wrong), ``files`` (the SQLite file format), ``collection`` (one open
-collection and its in-memory index), ``store`` (all collections of a data dir), ``filters``
-(metadata filters on search), ``transfer`` (export and import), ``schemas``, ``checks`` and
-``routes`` (the HTTP API), ``cli`` (``monolith-collection``).
+One-way layers, each importing only those below it (docs/architecture.md, "Collections"):
+
+1. ``errors`` — what can go wrong, as plain exceptions (no HTTP);
+2. ``files`` — storage: the SQLite file, transactions, ``meta`` rows; knows nothing of a model;
+3. ``binding`` — the model binding: ``StoreModel``, which weights made the codes, compatibility;
+4. ``partitions`` — the index: flat or partitioned (IVF), built from the binding and ``meta``;
+   ``filters`` — metadata filters evaluated before the scan (beside it, on ``errors`` only);
+5. ``collection`` — one open collection: composes storage, binding, index and filters;
+6. ``store`` — the folder of collections: create, open, list, drop, install;
+7. ``transfer`` (export and import), ``schemas``, ``checks``, ``routes`` (the HTTP API) and
+   ``cli`` (``monolith-collection``) on top.
 """

@@ -22,7 +22,8 @@ from tqdm import tqdm
 
 from service.cli_errors import fail, user_errors
 from service.collections import transfer
-from service.collections.collection import Collection, StoreModel
+from service.collections.binding import StoreModel
+from service.collections.collection import Collection
 from service.collections.errors import StoreError
 from service.collections.store import Store
 from vqvae.api import check_embeddings

@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -26,65 +26,17 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from service.collections import files, partitions
+from service.collections.binding import StoreModel, check_compatible
 from service.collections.errors import CollectionCorrupt, CollectionNotFound
 from service.collections.filters import Filter, MetadataColumns
-from vqvae.checkpoint import made_by
-from vqvae.decoding import CodeDecoder
 from vqvae.ivf import IVFCodeIndex
-from vqvae.search import Backend, CodeIndex, Decoder, swap_remove_plan
+from vqvae.search import Backend, CodeIndex, swap_remove_plan
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 LOAD_CHUNK = 8192  # rows fetched at a time when rebuilding an index (bounds the transient Python objects)
-
-
-@dataclass(frozen=True)
-class StoreModel:
-    """What collections need from a loaded model, so tests can vary the checksum alone."""
-
-    sha256: str  # of the checkpoint file, as shown to users
-    num_heads: int
-    codebook_size: int
-    codebooks: np.ndarray  # [H, K, D] float32
-    latent_unit_heads: bool
-    model_config: dict[str, Any]
-    decoder: Decoder | None = None
-    weights_sha256: str = ""  # what codes are bound to (vqvae.checkpoint.Checkpoint.weights_sha256)
-    earlier_sha256: tuple[str, ...] = ()  # file sha256s these weights had before metadata was recorded
-
-    def made(self, recorded: Mapping[str, Any]) -> bool:
-        """Whether codes recorded as made by ``recorded`` (a collection's meta or an export's
-        header) are this model's: by the weights' checksum, or, for files written before it was
-        recorded, by the checkpoint file's sha256 then or since."""
-        return made_by(recorded, self.weights_sha256, self.sha256, self.earlier_sha256)
-
-    @classmethod
-    def from_monolith(cls, monolith: Any) -> StoreModel:
-        model = monolith.model
-        return cls(
-            sha256=monolith.sha256,
-            num_heads=monolith.config.num_heads,
-            codebook_size=monolith.config.codebook_size,
-            codebooks=model.quantizer.codebooks.detach().cpu().numpy().astype(np.float32),
-            latent_unit_heads=bool(getattr(monolith.config, "latent_unit_heads", False)),
-            model_config=monolith.config.model_dump(mode="json"),
-            decoder=CodeDecoder(model),
-            weights_sha256=monolith.weights_sha256,
-            earlier_sha256=monolith.checkpoint.earlier_sha256,
-        )
-
-    def file_meta(self) -> dict[str, str]:
-        """What a new collection file records about the model its codes belong to."""
-        weights = {"weights_sha256": self.weights_sha256} if self.weights_sha256 else {}
-        return {
-            "checkpoint_sha256": self.sha256,
-            **weights,
-            "model_config": json.dumps(self.model_config, sort_keys=True),
-            "num_heads": str(self.num_heads),
-            "codebook_size": str(self.codebook_size),
-        }
 
 
 @dataclass
@@ -135,7 +87,7 @@ class Collection:
         self._lock = threading.RLock()
         self._closed = False
         meta = files.read_meta(path)
-        files.check_compatible(name, meta, model)
+        check_compatible(name, meta, model)
         self.meta = meta
         self.conn = files.connect(path, synchronous)
         self._inode = os.stat(path).st_ino
@@ -406,7 +358,7 @@ class Collection:
                 )
             self._after_commit(self._index_upsert, [existing[ids[i]] for i in upd_pos], codes[upd_pos],
                                codes[new_pos], [metadata[i] for i in upd_pos], [metadata[i] for i in new_pos], old)
-            partitions.maybe_train(self)
+            self._train_if_due()
             return UpsertStats(inserted=len(new_pos), updated=len(upd_pos), count=len(self.index))
 
     def _keyed_by_codes(self) -> bool:
@@ -453,13 +405,34 @@ class Collection:
             return [i for i in ids if i in found]
 
     def train(self, lists: int | None = None) -> dict[str, Any]:
-        """(Re-)train a partitioned collection's lists on its stored codes (``partitions.train``)."""
+        """(Re-)train a partitioned collection's lists on its stored codes (no re-encoding) and
+        persist the centroids; returns what ``info().index`` shows."""
         with self._lock:
             self.sync()
             if not isinstance(self.index, IVFCodeIndex):
                 raise ValueError(f"collection {self.name!r} is flat: create it with "
                                  '{"index": {"kind": "ivf"}} (PUT again with that body converts it)')
-            return partitions.train(self, lists)
+            rows = partitions.train(self.index, self.meta, lists)
+            files.write_meta(self.conn, rows)
+            self.meta.update(rows)
+            return partitions.describe(self.index, self.meta)
+
+    def _train_if_due(self) -> None:
+        """Train an untrained IVF collection once it reaches its ``train_at`` (after a commit)."""
+        if partitions.due(self.index, self.meta):
+            self.train()
+
+    def set_index(self, spec: partitions.IndexSpec) -> bool:
+        """Change how the collection is indexed (flat ↔ ivf, other lists): the codes stay, the
+        index is rebuilt from them. Returns whether anything changed."""
+        with self._lock:
+            self.sync()
+            if spec.public() == partitions.spec_of(self.meta).public():
+                return False
+            files.write_meta(self.conn, partitions.meta_for(spec), drop=partitions.META_KEYS)
+            self._reload()
+            self._train_if_due()
+            return True
 
     def set_description(self, description: str) -> None:
         with self._lock:

@@ -25,12 +25,9 @@ import sqlite3
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from service.collections.errors import CheckpointMismatch, CollectionCorrupt, CollectionNotFound, StorageFull
-
-if TYPE_CHECKING:
-    from service.collections.collection import StoreModel
+from service.collections.errors import CollectionCorrupt, CollectionNotFound, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +138,16 @@ def _create_file(path: Path, meta: dict[str, Any], num_heads: int, description: 
         conn.close()
 
 
+def write_meta(conn: sqlite3.Connection, rows: dict[str, str], drop: Sequence[str] = ()) -> None:
+    """Set ``rows`` and delete the keys ``drop`` (and rows whose value is empty) in one transaction."""
+    gone = [*drop, *(k for k, v in rows.items() if v == "")]
+    with transaction(conn):
+        for part in chunks(gone):
+            conn.execute(f"DELETE FROM meta WHERE key IN ({','.join('?' * len(part))})", list(part))
+        conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                         [(k, v) for k, v in rows.items() if v != ""])
+
+
 def read_meta(path: Path) -> dict[str, str]:
     """The meta table, read through a read-only connection: opening never writes."""
     if not path.is_file():
@@ -157,27 +164,13 @@ def read_meta(path: Path) -> dict[str, str]:
         conn.close()
 
 
-def check_compatible(name: str, meta: dict[str, str], model: StoreModel) -> None:
-    """Refuse files of another schema or another checkpoint before anything touches them."""
+def check_schema(name: str, meta: dict[str, str]) -> None:
+    """Refuse a file of a storage schema this code does not read, before anything touches it."""
     version = meta.get("schema_version")
     if version != str(SCHEMA_VERSION):
         raise CollectionCorrupt(
             f"collection {name!r} has storage schema version {version}; this Monolith reads {SCHEMA_VERSION}"
         )
-    if not model.made(meta):
-        raise CheckpointMismatch(
-            f"collection {name!r} was encoded with {made_with(meta)} but this server runs "
-            f"{made_with(model.file_meta())}; codes from one checkpoint mean nothing to another. Serve it "
-            "with the checkpoint it was built with (MONOLITH_CHECKPOINT), or delete and rebuild it. "
-            "The collection was not modified."
-        )
-
-
-def made_with(recorded: dict[str, Any]) -> str:
-    """The checkpoint a collection's meta or an export's header names, for error messages."""
-    weights = recorded.get("weights_sha256")
-    tail = f" (weights {weights})" if weights else ""
-    return f"checkpoint sha256 {recorded.get('checkpoint_sha256')}{tail}"
 
 
 def companions(path: Path) -> tuple[Path, Path, Path]:

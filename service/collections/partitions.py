@@ -13,9 +13,11 @@ Nothing else is stored: an item's list is a function of its codes and the centro
 are rebuilt from the items at open, exactly like a flat index, and survive a crash the same way
 (the centroids are written in one transaction; a crash before it leaves the collection untrained,
 which searches exhaustively until it trains again). An untrained IVF collection trains itself after
-the upsert that brings it to ``train_at`` items (default 32 per list); :func:`train` re-trains it
-at any time from its stored codes, without re-encoding anything. An export must carry both keys
-(:data:`META_KEYS`) for the copy to keep its lists; a copy without them is simply untrained.
+the upsert that brings it to ``train_at`` items (default 32 per list, :func:`due`); :func:`train`
+re-trains it at any time from its stored codes, without re-encoding anything. This layer builds
+indexes from the model binding and the ``meta`` rows; the collection persists what it returns.
+An export must carry both keys (:data:`META_KEYS`) for the copy to keep its lists; a copy
+without them is simply untrained.
 """
 
 from __future__ import annotations
@@ -23,17 +25,14 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.collections import files
+from service.collections.binding import StoreModel
 from vqvae.ivf import MAX_LISTS, TRAIN_POINTS_PER_LIST, IVFCodeIndex, default_lists
 from vqvae.search import Backend, CodeIndex
-
-if TYPE_CHECKING:
-    from service.collections.collection import Collection, StoreModel
 
 log = logging.getLogger(__name__)
 
@@ -126,55 +125,22 @@ def describe(index: CodeIndex | IVFCodeIndex, meta: dict[str, str]) -> dict[str,
     return out
 
 
-def maybe_train(col: Collection) -> bool:
-    """Train an untrained k-means IVF collection that has reached ``train_at`` items (called with
-    the collection's lock held, after a write committed). Returns whether it trained."""
-    index = col.index
+def due(index: CodeIndex | IVFCodeIndex, meta: dict[str, str]) -> bool:
+    """Whether an untrained k-means IVF index has reached ``train_at`` items and should train now."""
     if not isinstance(index, IVFCodeIndex) or index.trained:
         return False
-    spec = spec_of(col.meta)
-    if len(index) < train_at(spec):
-        return False
-    train(col, spec.lists)
-    return True
+    return len(index) >= train_at(spec_of(meta))
 
 
-def train(col: Collection, lists: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """(Re-)train a collection's lists on its stored codes and persist the centroids; the caller
-    holds the collection's lock. Returns :func:`describe`."""
-    index = col.index
-    if not isinstance(index, IVFCodeIndex):
-        raise ValueError(f"collection {col.name!r} is flat; create it with {{'index': {{'kind': 'ivf'}}}} first")
-    spec = spec_of(col.meta)
+def train(index: IVFCodeIndex, meta: dict[str, str], lists: int | None = None, seed: int = 0) -> dict[str, str]:
+    """(Re-)train ``index``'s lists on its codes; returns the meta rows that persist them (an empty
+    ``ivf_centroids`` value means: no centroids, delete the row). An inverted multi-index has
+    nothing to train and returns no rows."""
+    spec = spec_of(meta)
     if spec.coarse == "imi":
-        return describe(index, col.meta)  # lists are the codes' first two heads: nothing to train
+        return {}  # lists are the codes' first two heads: nothing to train
     t0 = time.perf_counter()
     want = lists or spec.lists or default_lists(len(index))
     centroids = index.train(lists=want, seed=seed)
-    hexed = centroids.tobytes().hex() if len(centroids) > 1 else ""
-    with files.transaction(col.conn):
-        if hexed:
-            col.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (META_CENTROIDS, hexed))
-        else:
-            col.conn.execute("DELETE FROM meta WHERE key = ?", (META_CENTROIDS,))
-    col.meta[META_CENTROIDS] = hexed
-    log.info("collection %s: %d lists trained on %d codes in %.2fs", col.name, index.lists, len(index),
-             time.perf_counter() - t0)
-    return describe(index, col.meta)
-
-
-def set_spec(col: Collection, spec: IndexSpec) -> bool:
-    """Change how an existing collection is indexed (flat ↔ ivf, other lists): the codes stay, the
-    index is rebuilt from them. The caller holds the lock. Returns whether anything changed."""
-    if spec.public() == spec_of(col.meta).public():
-        return False
-    rows = meta_for(spec)
-    with files.transaction(col.conn):
-        col.conn.execute("DELETE FROM meta WHERE key IN (?, ?)", META_KEYS)
-        col.conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", rows.items())
-    for key in META_KEYS:
-        col.meta.pop(key, None)
-    col.meta.update(rows)
-    col._reload()
-    maybe_train(col)
-    return True
+    log.info("%d lists trained on %d codes in %.2fs", index.lists, len(index), time.perf_counter() - t0)
+    return {META_CENTROIDS: centroids.tobytes().hex() if len(centroids) > 1 else ""}

@@ -15,7 +15,8 @@ import uuid
 from pathlib import Path
 
 from service.collections import files, partitions
-from service.collections.collection import Collection, CollectionInfo, StoreModel
+from service.collections.binding import StoreModel, check_compatible
+from service.collections.collection import Collection, CollectionInfo
 from service.collections.errors import (
     CheckpointMismatch,
     CollectionExists,
@@ -102,9 +103,7 @@ class Store:
                 if description is not None and description != col.meta.get("description"):
                     col.set_description(description)
                 if index is not None:
-                    with col._lock:
-                        col.sync()
-                        partitions.set_spec(col, index)
+                    col.set_index(index)
                 return col, False
             tmp = self.root / f".{name}.{uuid.uuid4().hex}.creating"
             try:
@@ -132,7 +131,7 @@ class Store:
         between see no collection rather than a mix of two. ``built`` is removed either way."""
         path = self.path(name)
         try:
-            files.check_compatible(name, files.read_meta(built), self.model)
+            check_compatible(name, files.read_meta(built), self.model)
             with self._lock:
                 existed = path.exists()
                 if existed and not replace:

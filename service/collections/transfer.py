@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from service.collections import files, partitions
-from service.collections.collection import Collection, StoreModel
+from service.collections.binding import StoreModel, made_with
+from service.collections.collection import Collection
 from service.collections.errors import CheckpointMismatch, CollectionExists, InvalidExport
 from service.collections.store import Store
 
@@ -200,8 +201,8 @@ def read_header(lines: _Lines, model: StoreModel) -> dict[str, Any]:
         raise _bad(f"format version {version!r}; this Monolith reads version {FORMAT_VERSION}")
     if not model.made(header):
         raise CheckpointMismatch(
-            f"the export was made with {files.made_with(header)} but this server runs "
-            f"{files.made_with(model.file_meta())}; codes from one checkpoint mean nothing to another. Import it "
+            f"the export was made with {made_with(header)} but this server runs "
+            f"{made_with(model.file_meta())}; codes from one checkpoint mean nothing to another. Import it "
             "where that checkpoint is served (MONOLITH_CHECKPOINT), or rebuild the collection from its source data. "
             "Nothing was written."
         )

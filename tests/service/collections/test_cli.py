@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 import service.collections.cli as cli
-from service.collections.collection import StoreModel
+from service.collections.binding import StoreModel
 from service.collections.store import Store
 from tests.service.collections.test_routes import FakeEmbedder
 from tests.service.conftest import AppFactory, unit_rows

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.collections.collection import StoreModel
+from service.collections.binding import StoreModel
 from service.collections.errors import InvalidFilter
 from service.collections.filters import OPERATORS, MetadataColumns, parse_filter
 from service.collections.store import Store

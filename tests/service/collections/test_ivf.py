@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.collections import partitions
-from service.collections.collection import StoreModel
+from service.collections.binding import StoreModel
 from service.collections.partitions import IndexSpec
 from service.collections.store import Store
 from tests.conftest import real_embeddings

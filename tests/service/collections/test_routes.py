@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.collections.collection import StoreModel
+from service.collections.binding import StoreModel
 from service.collections.store import Store
 from tests.service.conftest import AppFactory, unit_rows
 from vqvae.api import Monolith

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.collections.collection import StoreModel
+from service.collections.binding import StoreModel
 from service.collections.errors import CheckpointMismatch, CollectionCorrupt, CollectionNotFound, InvalidName
 from service.collections.store import Store, validate_name
 
