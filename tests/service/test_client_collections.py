@@ -119,6 +119,28 @@ def test_upsert_in_chunks_with_progress_then_search_and_read(mc: MonolithClient,
     assert mc.get_collection("docs").count == 228
 
 
+def test_partitioned_collection_create_train_and_probe(mc: MonolithClient) -> None:
+    info = mc.create_collection("ivf", index={"kind": "ivf", "lists": 4})
+    assert info.index["kind"] == "ivf" and info.index["trained"] is False
+    x = unit_rows(200, seed=3)
+    mc.upsert("ivf", [f"v{i}" for i in range(200)], embeddings=x)
+    trained = mc.train("ivf", lists=4)
+    assert trained.index["trained"] is True and trained.index["lists"] == 4
+    assert mc.get_collection("ivf").index == trained.index
+    everywhere = mc.search("ivf", embeddings=x[:2], k=5, candidates=0, probe=4)  # every list: exhaustive
+    mc.create_collection("flat")
+    mc.upsert("flat", [f"v{i}" for i in range(200)], embeddings=x)
+    assert [[h.id for h in row] for row in everywhere] == [
+        [h.id for h in row] for row in mc.search("flat", embeddings=x[:2], k=5, candidates=0)]
+    assert len(mc.search("ivf", embeddings=x[:2], k=5, probe=1)[0]) == 5
+    assert mc.get_collection("flat").index == {"kind": "flat"}
+    with pytest.raises(MonolithError) as err:
+        mc.train("flat")
+    assert err.value.status == 422 and "flat" in str(err.value)
+    assert mc.delete_item("flat", "v1") is True
+    assert mc.delete_item("flat", "v1") is False
+    assert mc.get_collection("flat").count == 199
+
 def test_upsert_texts_and_resume_after_a_failure(app_client: TestClient) -> None:
     texts = [f"sentence {i}" for i in range(120)]
     ids = [f"t{i}" for i in range(120)]

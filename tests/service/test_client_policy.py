@@ -117,3 +117,73 @@ def test_error_detail_text_for_validation_lists() -> None:
     err = MonolithError(422, [{"loc": ["body", "codes", 0], "msg": "too short"}], "POST", "/decode")
     assert str(err) == "422 on POST /decode: body.codes.0: too short"
     assert json.loads(json.dumps(err.detail)) == err.detail
+
+
+INFO = {"name": "c", "status": "ok", "count": 0, "index": {"kind": "ivf", "lists": 8, "trained": True},
+        "vectors": "int8", "bytes_per_item": {"codes": 4, "vectors": 384}, "a_future_field": 1}
+
+
+def recording(seen: list[httpx.Request]) -> httpx.MockTransport:
+    """Answers a collection for collection routes, one hit for searches, deletes whatever is asked;
+    keeps the requests."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path.endswith("/search"):
+            return httpx.Response(200, json={"results": [[{"id": "a", "score": 1.0}]], "metric": "cosine",
+                                             "candidates": 100})
+        if request.url.path.endswith("/items/delete"):
+            return httpx.Response(200, json={"deleted": json.loads(request.content)["ids"], "missing": []})
+        return httpx.Response(200, json=INFO)
+
+    return httpx.MockTransport(handler)
+
+
+def body(request: httpx.Request) -> object:
+    return json.loads(request.content) if request.content else None
+
+
+def test_optional_fields_are_sent_only_when_given() -> None:
+    """Today's server forbids unknown fields: a request that does not use a new option must not
+    carry it, so the client works against servers with and without it."""
+    seen: list[httpx.Request] = []
+    with MonolithClient("http://monolith", transport=recording(seen)) as client:
+        client.create_collection("c")
+        info = client.create_collection("c", "d", index={"kind": "ivf", "lists": 1024}, vectors="float16")
+        client.search("c", texts=["q"])
+        client.search("c", texts=["q"], probe=3, rescore=False, candidates=0)
+        client.train("c")
+        client.train("c", lists=8)
+        migrated = client.migrate("c")
+    assert [(r.method, r.url.path) for r in seen] == [
+        ("PUT", "/collections/c"), ("PUT", "/collections/c"), ("POST", "/collections/c/search"),
+        ("POST", "/collections/c/search"), ("POST", "/collections/c/train"), ("POST", "/collections/c/train"),
+        ("POST", "/collections/c/migrate")]
+    assert [body(r) for r in seen] == [
+        None, {"description": "d", "index": {"kind": "ivf", "lists": 1024}, "vectors": "float16"},
+        {"texts": ["q"], "k": 10}, {"texts": ["q"], "k": 10, "candidates": 0, "probe": 3, "rescore": False},
+        None, {"lists": 8}, None]
+    for got in (info, migrated):  # the index and storage the server describes are kept
+        assert got.index == INFO["index"] and got.vectors == "int8" and got.bytes_per_item == INFO["bytes_per_item"]
+
+
+def test_async_client_sends_the_same_requests() -> None:
+    sync_seen: list[httpx.Request] = []
+    async_seen: list[httpx.Request] = []
+
+    def calls(client: MonolithClient | AsyncMonolithClient) -> list:
+        return [client.create_collection("c", index={"kind": "flat"}), client.train("c", lists=2),
+                client.migrate("c"), client.search("c", embeddings=np.zeros(384, np.float32), probe=2, rescore=True),
+                client.delete_item("c", "a")]
+
+    with MonolithClient("http://monolith", transport=recording(sync_seen)) as client:
+        sync_results = calls(client)
+
+    async def main() -> list:
+        async with AsyncMonolithClient("http://monolith", transport=recording(async_seen)) as client:
+            return [await c for c in calls(client)]
+
+    async_results = asyncio.run(main())
+    assert [(r.method, r.url.path, r.content) for r in sync_seen] == [
+        (r.method, r.url.path, r.content) for r in async_seen]
+    assert sync_results == async_results and sync_results[-1] is True
