@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from service.batcher import BatcherClosed, Overloaded, TextModelUnavailable, TooMuchText
 from service.collections.errors import (
     CheckpointMismatch,
+    CollectionBusy,
     CollectionCorrupt,
     CollectionExists,
     CollectionNotFound,
@@ -31,6 +32,9 @@ from service.collections.errors import (
     InvalidFilter,
     InvalidName,
     ItemNotFound,
+    NoKeptVectors,
+    NotMigratable,
+    SettingsConflict,
     StorageFull,
     StoreError,
 )
@@ -98,6 +102,10 @@ STATUS: dict[type[Exception], int] = {
     ItemNotFound: status.HTTP_404_NOT_FOUND,
     CheckpointMismatch: status.HTTP_409_CONFLICT,
     CollectionExists: status.HTTP_409_CONFLICT,  # import without replace=true
+    CollectionBusy: status.HTTP_409_CONFLICT,  # a migration of it is running
+    SettingsConflict: status.HTTP_409_CONFLICT,  # e.g. another 'vectors' kind for an existing collection
+    NotMigratable: status.HTTP_409_CONFLICT,  # items with neither a kept vector nor a text
+    NoKeptVectors: status.HTTP_422_UNPROCESSABLE_CONTENT,  # rescore=true without kept vectors
     StorageFull: status.HTTP_507_INSUFFICIENT_STORAGE,  # the write was rolled back
     CollectionCorrupt: status.HTTP_500_INTERNAL_SERVER_ERROR,
     StoreError: status.HTTP_500_INTERNAL_SERVER_ERROR,
@@ -166,7 +174,7 @@ def unparseable_body(exc: BaseException | None) -> str:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     """FastAPI's own HTTP errors, except its 400 for a body it could not parse: that is an
-    unparseable body, a 422 like every other (DESIGN.md), with the reason."""
+    unparseable body, a 422 like every other (docs/service.md, "Limits and errors"), with the reason."""
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == status.HTTP_400_BAD_REQUEST and exc.detail == PARSE_FAILED:
         msg = unparseable_body(exc.__cause__)

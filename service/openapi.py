@@ -1,4 +1,5 @@
-"""Every status a route can answer, in its OpenAPI entry (DESIGN.md, "Status codes").
+"""Every status a route can answer, in its OpenAPI entry (docs/service.md, "Limits and errors";
+docs/collections.md, "Status codes").
 
 Some statuses come from outside the route's own code: the API key dependency (401), the body
 limits middleware (401, 408, 413, 503 for every route with a body), the readiness dependencies

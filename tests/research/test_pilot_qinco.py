@@ -1,4 +1,4 @@
-"""The implicit-codebook pilot (bench/pilot_qinco.py) starts at RQ and decodes what it encodes."""
+"""The implicit-codebook pilot (research/pilot_qinco.py) starts at RQ and decodes what it encodes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import clustered_embeddings
 
-spec = importlib.util.spec_from_file_location("pilot_qinco", Path(__file__).parents[2] / "bench" / "pilot_qinco.py")
+spec = importlib.util.spec_from_file_location("pilot_qinco", Path(__file__).parents[2] / "research" / "pilot_qinco.py")
 pilot = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(pilot)
 

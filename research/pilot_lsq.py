@@ -1,8 +1,8 @@
 """Two pilots for issue 10 built around faiss LSQ4x8, judged by the fair report.
 
-    python bench/pilot_lsq.py decoder [--epochs 12]        # LSQ codes + a neural decoder
-    python bench/pilot_lsq.py precondition [--alphas 0 1 0.5 -0.5] [--fit 20000]
-    python bench/pilot_lsq.py ceiling                      # LSQ4x8 fitted on each test set itself
+    python research/pilot_lsq.py decoder [--epochs 12]     # LSQ codes + a neural decoder
+    python research/pilot_lsq.py precondition [--alphas 0 1 0.5 -0.5] [--fit 20000]
+    python research/pilot_lsq.py ceiling                   # LSQ4x8 fitted on each test set itself
 
 Why: LSQ4x8 is the 4-byte quantizer Monolith has to beat, and it encodes fast. Two questions
 decide whether building on it pays:

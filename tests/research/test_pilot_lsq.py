@@ -1,4 +1,4 @@
-"""The LSQ pilots (bench/pilot_lsq.py): the neural decoder starts at LSQ's own decoding and
+"""The LSQ pilots (research/pilot_lsq.py): the neural decoder starts at LSQ's own decoding and
 learns; the preconditioned quantizer maps its decoding back to the original space."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from tests.conftest import clustered_embeddings
 
-spec = importlib.util.spec_from_file_location("pilot_lsq", Path(__file__).parents[2] / "bench" / "pilot_lsq.py")
+spec = importlib.util.spec_from_file_location("pilot_lsq", Path(__file__).parents[2] / "research" / "pilot_lsq.py")
 pilot = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(pilot)
 

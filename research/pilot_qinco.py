@@ -1,8 +1,8 @@
 """Pilot for issue 10: QINCo-style implicit codebooks at 4 bytes, judged by the fair report.
 
-    python bench/pilot_qinco.py [--epochs 8] [--hidden 256] [--train-candidates 8]
+    python research/pilot_qinco.py [--epochs 8] [--hidden 256] [--train-candidates 8]
 
-Why: every recipe change tried on MonolithWiki moved it and faiss LSQ4x8 together (README,
+Why: every recipe change tried on MonolithWiki moved it and faiss LSQ4x8 together (docs/quality.md,
 "Toward 1.25× LSQ4x8"); the evidence pointed at a more expressive code. This pilot measures one
 before anything is built into the model library. Each of 4 steps has a base codebook C_m
 [256, 384] (from faiss RQ4x8) and a small network f_m; the codeword of code k given the
