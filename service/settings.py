@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     default_candidates: int = Field(
         100, ge=0, description="ADC candidates re-ranked by decoded cosine when a search does not say; 0: ADC only"
     )
+    rescore_candidates: int = Field(
+        3000, ge=0, description="ADC candidates ranked by exact cosine with their kept vectors when a search of a "
+        "collection that keeps vectors does not say (bench/bench_rescore.py: recall@10 ≥ 0.95 at 50k unseen items)"
+    )
     max_candidates: int = Field(10_000, ge=0, description="Most ADC candidates a search may ask to re-rank")
     search_backend: Literal["faiss", "numpy"] = Field("faiss", description="ADC kernel for collection search")
     sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = Field(

@@ -58,6 +58,11 @@ class StoreModel:
             earlier_sha256=monolith.checkpoint.earlier_sha256,
         )
 
+    @property
+    def input_dim(self) -> int:
+        """The width of the vectors the model encodes (and a collection keeps)."""
+        return int(self.model_config.get("input_dim", 384))
+
     def file_meta(self) -> dict[str, str]:
         """What a new collection file records about the model its codes belong to."""
         weights = {"weights_sha256": self.weights_sha256} if self.weights_sha256 else {}
@@ -76,9 +81,10 @@ def check_compatible(name: str, meta: dict[str, str], model: StoreModel) -> None
     if not model.made(meta):
         raise CheckpointMismatch(
             f"collection {name!r} was encoded with {made_with(meta)} but this server runs "
-            f"{made_with(model.file_meta())}; codes from one checkpoint mean nothing to another. Serve it "
-            "with the checkpoint it was built with (MONOLITH_CHECKPOINT), or delete and rebuild it. "
-            "The collection was not modified."
+            f"{made_with(model.file_meta())}; codes from one checkpoint mean nothing to another. Migrate it "
+            f"to this checkpoint (POST /collections/{name}/migrate, or monolith-collection migrate {name}: it "
+            "re-encodes the items from their kept vectors or texts), or serve it with the checkpoint it was built "
+            "with (MONOLITH_CHECKPOINT). The collection was not modified."
         )
 
 

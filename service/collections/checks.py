@@ -87,11 +87,12 @@ def item_text(text: str | None, i: int, settings: Settings) -> str:
         raise InvalidInput(f"items[{i}].text: {str(exc).removeprefix('texts[0] ')}") from None
 
 
-def search_limits(req: SearchRequest, settings: Settings) -> int:
-    """The candidates to re-rank, once the request's size is within every limit."""
+def search_limits(req: SearchRequest, settings: Settings, rescore: bool = False) -> int:
+    """The candidates to rank again (rescored or re-ranked), once the request's size is within every limit."""
     n = len(req.texts if req.texts is not None else req.embeddings or [])
     validation.batch_size(n, settings.max_batch)
-    candidates = settings.default_candidates if req.candidates is None else req.candidates
+    default = settings.rescore_candidates if rescore else settings.default_candidates
+    candidates = default if req.candidates is None else req.candidates
     if candidates > settings.max_candidates:
         raise InvalidInput(f"candidates={candidates} is more than the limit of {settings.max_candidates} "
                            "(MONOLITH_MAX_CANDIDATES)")

@@ -21,11 +21,13 @@ from rich.table import Table
 from tqdm import tqdm
 
 from service.cli_errors import fail, user_errors
-from service.collections import transfer
+from service.collections import migrate, transfer
 from service.collections.binding import StoreModel
 from service.collections.collection import Collection
 from service.collections.errors import StoreError
 from service.collections.store import Store
+from service.collections.vectors import KINDS as VECTOR_KINDS
+from service.collections.vectors import VectorKind
 from vqvae.api import check_embeddings
 
 app = typer.Typer(
@@ -45,6 +47,8 @@ Checkpoint = Annotated[
 
 
 PROGRESS_ROWS = 256  # items embedded and encoded between two updates of a progress bar
+RESCORE_CANDIDATES = 3000  # the server's defaults (service.settings: rescore_candidates, default_candidates)
+RERANK_CANDIDATES = 100
 
 
 class CliError(Exception):
@@ -124,11 +128,12 @@ def _batches(n: int, size: int) -> Iterator[slice]:
         yield slice(start, min(n, start + size))
 
 
-def _open_collection(store: Store, name: str, description: str | None, recreate: bool) -> Collection:
+def _open_collection(store: Store, name: str, description: str | None, recreate: bool,
+                     kept: VectorKind | None = None) -> Collection:
     if recreate and name in store.names():
         store.drop(name)
         console.print(f"deleted existing collection {name!r}")
-    col, created = store.create(name, description)
+    col, created = store.create(name, description, kept=kept)
     console.print(f"{'created' if created else 'adding to'} collection {name!r} ({len(col)} items)")
     return col
 
@@ -145,10 +150,15 @@ def build(
     store_text: Annotated[bool, typer.Option(help="Keep each text as the item's payload")] = True,
     recreate: Annotated[bool, typer.Option(help="Delete the collection first if it exists")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Items per committed batch")] = 8192,
+    kept: Annotated[
+        str | None, typer.Option("--vectors", help="Kept vectors of a new collection: int8 (default), float16, none")
+    ] = None,
     data_dir: DataDir = Path("data"),
     checkpoint: Checkpoint = None,
 ) -> None:
     """Encode embeddings (--npy) or texts (--texts) and upsert them into a collection."""
+    if kept is not None and kept not in VECTOR_KINDS:
+        fail(f"--vectors must be one of {', '.join(VECTOR_KINDS)}")
     if (npy is None) == (texts is None):
         fail("give exactly one of --npy or --texts")
     console.print("loading the model…")
@@ -161,11 +171,11 @@ def build(
         console.print(f"embedding {n} texts (the text model loads with the first {PROGRESS_ROWS})…")
     store = Store(data_dir, StoreModel.from_monolith(monolith))
     try:
-        col = _open_collection(store, name, description, recreate)
+        col = _open_collection(store, name, description, recreate, kept)  # type: ignore[arg-type]
         # The bar (stderr) moves every PROGRESS_ROWS items; writes still commit per --batch-size.
         with tqdm(total=n, unit="item", desc=f"build {name}", dynamic_ncols=True) as bar:
             for part in _batches(n, batch_size):
-                codes = []
+                codes, inputs = [], []
                 for sub in _batches(part.stop - part.start, PROGRESS_ROWS):
                     rows = slice(part.start + sub.start, part.start + sub.stop)
                     if vectors is not None:
@@ -174,9 +184,10 @@ def build(
                         assert lines is not None
                         x = monolith.embed_text(lines[rows])
                     codes.append(monolith.encode(x))
+                    inputs.append(x)
                     bar.update(rows.stop - rows.start)
                 payload = lines[part] if lines is not None and store_text else None
-                col.upsert(item_ids[part], np.concatenate(codes), metas[part], payload)
+                col.upsert(item_ids[part], np.concatenate(codes), metas[part], payload, np.concatenate(inputs))
                 bar.set_postfix(stored=part.stop)
         typer.echo(f"done: {name!r} holds {len(col)} items in {col.path}")
     finally:
@@ -248,8 +259,12 @@ def search(
     npy: Annotated[Path | None, typer.Option(help="Query embeddings [Q, 384]")] = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1, max=1000, help="Hits per query")] = 10,
     candidates: Annotated[
-        int, typer.Option(min=0, help="ADC candidates re-ranked by decoded cosine; 0: ADC only")
-    ] = 100,
+        int | None, typer.Option(min=0, help="ADC candidates ranked again; default 3000 rescored, 100 re-ranked")
+    ] = None,
+    rescore: Annotated[
+        bool | None,
+        typer.Option(help="Rank by exact cosine with kept vectors (default: where the collection keeps them)"),
+    ] = None,
     data_dir: DataDir = Path("data"),
     checkpoint: Checkpoint = None,
 ) -> None:
@@ -260,9 +275,36 @@ def search(
     dim = monolith.config.input_dim
     col = Store(data_dir, StoreModel.from_monolith(monolith)).get(name)  # before the slow text model
     x = check_embeddings(monolith.embed_text(text) if text else np.array(_load_npy(npy, dim), np.float32), dim)
-    hits, metric = col.search(monolith.search_latent(x), x, k, candidates)
+    exact = rescore if rescore is not None else col.vector_kind != "none"
+    shortlist = candidates if candidates is not None else (RESCORE_CANDIDATES if exact else RERANK_CANDIDATES)
+    hits, metric = col.search(monolith.search_latent(x), x, k, shortlist, rescore=exact)
     for row in hits:
         typer.echo(json.dumps({"metric": metric, "hits": [h.__dict__ for h in row]}, ensure_ascii=False))
+
+
+@app.command("migrate")
+@handled
+def migrate_(
+    name: str,
+    data_dir: DataDir = Path("data"),
+    checkpoint: Checkpoint = None,
+) -> None:
+    """Re-encode a collection for this checkpoint from its kept vectors (or its texts), atomically.
+
+    A kill or a full disk before the end leaves it as it was, on its old checkpoint."""
+    monolith = _load_model(checkpoint)
+    store = Store(data_dir, StoreModel.from_monolith(monolith))
+    try:
+        total = migrate.count_items(store, name)
+        with tqdm(total=total, unit="item", desc=f"migrate {name}", dynamic_ncols=True) as bar:
+            col, result = migrate.run(store, name, monolith.encode, monolith.embed_text, bar.update)
+        if not result.changed:
+            typer.echo(f"{name!r} already belongs to this checkpoint: nothing to do")
+        else:
+            typer.echo(f"migrated {name!r}: {result.items} items ({result.from_vectors} from kept vectors, "
+                       f"{result.from_texts} from texts) in {result.seconds:.1f}s")
+    finally:
+        store.close()
 
 
 @app.command("export")

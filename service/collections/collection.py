@@ -25,12 +25,12 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from service.collections import files, partitions
+from service.collections import files, partitions, vectors
 from service.collections.binding import StoreModel, check_compatible
-from service.collections.errors import CollectionCorrupt, CollectionNotFound
+from service.collections.errors import CollectionCorrupt, CollectionNotFound, NoKeptVectors
 from service.collections.filters import Filter, MetadataColumns
 from vqvae.ivf import IVFCodeIndex
-from vqvae.search import Backend, CodeIndex, swap_remove_plan
+from vqvae.search import Backend, CodeIndex, SearchResult, rerank_by_cosine, swap_remove_plan
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class CollectionInfo:
     model: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     index: dict[str, Any] = field(default_factory=dict)  # kind and, for IVF, lists/probe (``partitions``)
+    vectors: str | None = None  # kept vectors: int8, float16 or none (``vectors``)
+    bytes_per_item: dict[str, float] | None = None  # RAM and disk per item
 
 
 class Collection:
@@ -90,11 +92,17 @@ class Collection:
         check_compatible(name, meta, model)
         self.meta = meta
         self.conn = files.connect(path, synchronous)
+        files.upgrade(self.conn, self.meta)  # a version 1 file gains the (empty) vector column
         self._inode = os.stat(path).st_ino
         self.index = self._new_index(backend)
         self.columns = MetadataColumns()  # metadata of the keys filters use, by row (``filters``)
         self._data_version = -1
         self._reload()
+
+    @property
+    def vector_kind(self) -> str:
+        """What the collection keeps of each input vector (``vectors.KINDS``)."""
+        return self.meta.get(vectors.META_KEY, "none")
 
     def _new_index(self, backend: Backend) -> CodeIndex | IVFCodeIndex:
         """Flat, or partitioned as the collection's meta says (``partitions``)."""
@@ -209,7 +217,16 @@ class Collection:
                 size_bytes=files.size_on_disk(self.path),
                 model=json.loads(self.meta.get("model_config", "{}")),
                 index=partitions.describe(self.index, self.meta),
+                vectors=self.vector_kind,
+                bytes_per_item=self._bytes_per_item(),
             )
+
+    def _bytes_per_item(self) -> dict[str, float]:
+        """RAM: the index's bytes (codes, and lists for IVF) per item; disk: the file per item,
+        and what one kept vector takes of it."""
+        n = max(len(self.index), 1)
+        return {"ram": round(self.index.nbytes / n, 2), "disk": round(files.size_on_disk(self.path) / n, 1),
+                "vector": float(vectors.row_bytes(self.vector_kind, self.model.input_dim))}
 
     def get(self, item_id: str) -> StoredItem | None:
         with self._lock:
@@ -284,22 +301,67 @@ class Collection:
         flt: Filter | None = None,
         score_threshold: float | None = None,
         probe: int | None = None,
+        rescore: bool = False,
     ) -> tuple[list[list[Hit]], str]:
         """Top-k hits per query; see :meth:`vqvae.search.CodeIndex.search` for the scores.
 
         ``flt``: only items whose metadata match are scanned (the filter runs before the
         scan, so k hits come back whenever k items match); ``score_threshold``: hits scoring
         below it are left out. ``probe``: lists a partitioned collection visits (flat ones scan all).
+        ``rescore``: the top ``candidates`` of the scan are ranked by exact cosine with their kept
+        vectors (``NoKeptVectors`` where the collection keeps none); otherwise ``candidates`` > 0
+        re-ranks them by their decoded codes.
         """
-        extra = {"probe": probe} if isinstance(self.index, IVFCodeIndex) else {}
+        if rescore and self.vector_kind == "none":
+            raise NoKeptVectors(f"collection {self.name!r} keeps no vectors, so it cannot rescore exactly; search "
+                                "with rescore=false, or create the collection with \"vectors\": \"int8\" or "
+                                "\"float16\" and upsert its items again")
         with self._lock:
             self.sync()
-            rows = self.columns.mask(flt, self.conn) if flt is not None else None  # bool [n]
-            if rows is not None and isinstance(self.index, IVFCodeIndex):
-                rows = np.flatnonzero(rows)  # the partitioned index takes row numbers
-            res = self.index.search(z_e, k, candidates=candidates, queries=queries, decoder=self.model.decoder,
-                                    rows=rows, **extra)
+            res = self._scan(z_e, queries, k, candidates, flt, probe, rescore)
             found = self._items_at(np.unique(res.rows[res.rows >= 0]).tolist())
+        return self._hits(res, found, score_threshold), res.metric
+
+    def _scan(self, z_e: np.ndarray, queries: np.ndarray | None, k: int, candidates: int, flt: Filter | None,
+              probe: int | None, rescore: bool) -> SearchResult:
+        """The index's answer (with the lock held): ADC, then re-ranked or rescored."""
+        extra = {"probe": probe} if isinstance(self.index, IVFCodeIndex) else {}
+        rows = self.columns.mask(flt, self.conn) if flt is not None else None  # bool [n]
+        if rows is not None and isinstance(self.index, IVFCodeIndex):
+            rows = np.flatnonzero(rows)  # the partitioned index takes row numbers
+        if not (rescore and candidates > 0):
+            return self.index.search(z_e, k, candidates=candidates, queries=queries, decoder=self.model.decoder,
+                                     rows=rows, **extra)
+        if queries is None:
+            raise ValueError("exact rescoring needs the query embeddings")
+        shortlist = self.index.search(z_e, max(candidates, k), rows=rows, **extra)
+        return rerank_by_cosine(queries, shortlist.rows, k, self.kept_vectors)
+
+    def kept_vectors(self, rows: np.ndarray) -> np.ndarray:
+        """float32 [len(rows), d]: the kept vectors of ``rows`` (slots), read from the file; rows
+        stored without one (imported from an older export) give their decoded codes instead."""
+        uniq, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
+        stored: dict[int, tuple[bytes | None, bytes]] = {}
+        for part in files.chunks(uniq.tolist()):
+            marks = ",".join("?" * len(part))
+            for slot, blob, codes in self.conn.execute(
+                f"SELECT slot, vector, codes FROM items WHERE slot IN ({marks})", part
+            ):
+                stored[slot] = (blob, codes)
+        dim = self.model.input_dim
+        out = np.zeros((len(uniq), dim), dtype=np.float32)
+        slots = uniq.tolist()
+        have = [i for i, s in enumerate(slots) if stored.get(s, (None,))[0] is not None]
+        if have:
+            out[have] = vectors.unpack(self.vector_kind, [stored[slots[i]][0] for i in have], dim)
+        lack = [i for i, s in enumerate(slots) if s in stored and stored[s][0] is None]
+        if lack and self.model.decoder is not None:
+            codes = self._stored_codes([(0, stored[slots[i]][1]) for i in lack])
+            out[lack] = self.model.decoder(codes.astype(np.int64))
+        return out[inverse.reshape(-1)]
+
+    def _hits(self, res: SearchResult, found: dict[int, tuple[str, str | None, str | None]],
+              score_threshold: float | None) -> list[list[Hit]]:
         parsed: dict[int, dict[str, Any] | None] = {}
         hits: list[list[Hit]] = []
         for rows, scores in zip(res.rows.tolist(), res.scores.tolist(), strict=True):
@@ -314,7 +376,7 @@ class Collection:
                     parsed[row] = files.loads(found[row][1])
                 out.append(Hit(id=found[row][0], score=float(score), metadata=parsed[row], text=found[row][2]))
             hits.append(out)
-        return hits, res.metric
+        return hits
 
     # ---- writes --------------------------------------------------------------------------
 
@@ -324,9 +386,12 @@ class Collection:
         codes: np.ndarray,
         metadata: Sequence[str | dict[str, Any] | None] | None = None,
         texts: Sequence[str | None] | None = None,
+        inputs: np.ndarray | None = None,
     ) -> UpsertStats:
         """Insert or replace items (a known id keeps its row). ``metadata``: JSON objects as
-        dicts or as JSON text (the server passes text it has already size-checked).
+        dicts or as JSON text (the server passes text it has already size-checked). ``inputs``:
+        the float vectors the codes were made from, kept as the collection's ``vectors`` kind says
+        (in the same transaction as the codes).
 
         Durable when this returns: the transaction has committed.
         """
@@ -340,6 +405,7 @@ class Collection:
         if len(set(ids)) != n_items:
             raise ValueError("duplicate ids in one upsert")
         blobs = [row.tobytes() for row in codes]
+        kept = self._pack_inputs(inputs, n_items)
         with self._lock:
             self.sync()
             with files.transaction(self.conn):
@@ -349,17 +415,26 @@ class Collection:
                 new_pos = [i for i, item_id in enumerate(ids) if item_id not in existing]
                 old = self._codes_at([existing[ids[i]] for i in upd_pos]) if self._keyed_by_codes() else None
                 self.conn.executemany(
-                    "UPDATE items SET codes = ?, metadata = ?, text = ? WHERE slot = ?",
-                    [(blobs[i], metadata[i], texts[i], existing[ids[i]]) for i in upd_pos],
+                    "UPDATE items SET codes = ?, metadata = ?, text = ?, vector = ? WHERE slot = ?",
+                    [(blobs[i], metadata[i], texts[i], kept[i], existing[ids[i]]) for i in upd_pos],
                 )
                 self.conn.executemany(
-                    "INSERT INTO items (slot, id, codes, metadata, text) VALUES (?, ?, ?, ?, ?)",
-                    [(n + j, ids[i], blobs[i], metadata[i], texts[i]) for j, i in enumerate(new_pos)],
+                    "INSERT INTO items (slot, id, codes, metadata, text, vector) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(n + j, ids[i], blobs[i], metadata[i], texts[i], kept[i]) for j, i in enumerate(new_pos)],
                 )
             self._after_commit(self._index_upsert, [existing[ids[i]] for i in upd_pos], codes[upd_pos],
                                codes[new_pos], [metadata[i] for i in upd_pos], [metadata[i] for i in new_pos], old)
-            self._train_if_due()
+            self.train_if_due()
             return UpsertStats(inserted=len(new_pos), updated=len(upd_pos), count=len(self.index))
+
+    def _pack_inputs(self, inputs: np.ndarray | None, n_items: int) -> list[bytes | None]:
+        """The blobs to keep for an upsert's input vectors (Nones where none are kept or given)."""
+        if inputs is None or self.vector_kind == "none":
+            return [None] * n_items
+        x = np.asarray(inputs, dtype=np.float32)
+        if x.shape != (n_items, self.model.input_dim):
+            raise ValueError(f"inputs must have shape [{n_items}, {self.model.input_dim}], got {list(x.shape)}")
+        return vectors.pack(self.vector_kind, x)
 
     def _keyed_by_codes(self) -> bool:
         """Whether the index finds an entry from its codes (partitioned), so writes pass them."""
@@ -417,7 +492,7 @@ class Collection:
             self.meta.update(rows)
             return partitions.describe(self.index, self.meta)
 
-    def _train_if_due(self) -> None:
+    def train_if_due(self) -> None:
         """Train an untrained IVF collection once it reaches its ``train_at`` (after a commit)."""
         if partitions.due(self.index, self.meta):
             self.train()
@@ -431,7 +506,7 @@ class Collection:
                 return False
             files.write_meta(self.conn, partitions.meta_for(spec), drop=partitions.META_KEYS)
             self._reload()
-            self._train_if_due()
+            self.train_if_due()
             return True
 
     def set_description(self, description: str) -> None:

@@ -46,3 +46,19 @@ class CollectionExists(StoreError):
 
 class StorageFull(StoreError):
     """The disk (or quota) holding the collections is full: the write was rolled back, nothing changed."""
+
+
+class CollectionBusy(StoreError):
+    """A migration (or fit) of this collection is already running; one at a time."""
+
+
+class SettingsConflict(StoreError):
+    """A request asks an existing collection for a setting it cannot change in place."""
+
+
+class NotMigratable(StoreError):
+    """Some items keep neither a vector nor a text, so nothing can re-encode them."""
+
+
+class NoKeptVectors(StoreError):
+    """Exact rescoring asked of a collection that keeps no vectors."""

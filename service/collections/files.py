@@ -32,7 +32,8 @@ from service.collections.errors import CollectionCorrupt, CollectionNotFound, St
 log = logging.getLogger(__name__)
 
 SUFFIX = ".sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: items.vector (kept vectors); version 1 files are upgraded in place at open
+READABLE_VERSIONS = ("1", "2")
 SQL_CHUNK = 500  # host parameters per IN (...) query
 Synchronous = Literal["FULL", "NORMAL", "EXTRA"]
 
@@ -124,7 +125,7 @@ def _create_file(path: Path, meta: dict[str, Any], num_heads: int, description: 
         conn.execute(
             "CREATE TABLE items (slot INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, "
             f"codes BLOB NOT NULL CHECK (length(codes) = {int(num_heads)}), "
-            "metadata TEXT, text TEXT)"
+            "metadata TEXT, text TEXT, vector BLOB)"
         )
         rows = {
             "schema_version": str(SCHEMA_VERSION),
@@ -167,10 +168,25 @@ def read_meta(path: Path) -> dict[str, str]:
 def check_schema(name: str, meta: dict[str, str]) -> None:
     """Refuse a file of a storage schema this code does not read, before anything touches it."""
     version = meta.get("schema_version")
-    if version != str(SCHEMA_VERSION):
+    if version not in READABLE_VERSIONS:
         raise CollectionCorrupt(
-            f"collection {name!r} has storage schema version {version}; this Monolith reads {SCHEMA_VERSION}"
+            f"collection {name!r} has storage schema version {version}; this Monolith reads "
+            f"{', '.join(READABLE_VERSIONS)}"
         )
+
+
+def upgrade(conn: sqlite3.Connection, meta: dict[str, str]) -> None:
+    """Bring a version 1 file (no kept vectors) to the current schema, in one transaction: the
+    ``vector`` column is added empty and the collection keeps no vectors until re-created."""
+    if meta.get("schema_version") == str(SCHEMA_VERSION):
+        return
+    with transaction(conn):
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(items)")}
+        if "vector" not in columns:
+            conn.execute("ALTER TABLE items ADD COLUMN vector BLOB")
+        rows = {"schema_version": str(SCHEMA_VERSION), "vectors": meta.get("vectors", "none")}
+        conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", rows.items())
+    meta.update(rows)
 
 
 def companions(path: Path) -> tuple[Path, Path, Path]:

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service import validation
 from service.batcher import MicroBatcher
-from service.collections import transfer
+from service.collections import migrate, transfer
 from service.collections.checks import item_embedding, item_ids, item_metadata, item_text, search_limits
 from service.collections.collection import CollectionInfo, StoredItem
 from service.collections.errors import ItemNotFound
@@ -37,6 +37,8 @@ from service.collections.schemas import (
     ItemOut,
     ItemPage,
     ItemsOut,
+    MigrateResponse,
+    MigrationOut,
     SearchHit,
     SearchRequest,
     SearchResponse,
@@ -72,7 +74,8 @@ def _out(info: CollectionInfo) -> CollectionOut:
     "/collections/{name}",
     response_model=CollectionOut,
     status_code=status.HTTP_201_CREATED,
-    responses={**ERRORS, 200: {"model": CollectionOut, "description": "Already existed"}},
+    responses={**ERRORS, 200: {"model": CollectionOut, "description": "Already existed"},
+               409: {**_ERR, "description": "Exists with another 'vectors' kind, or made with another checkpoint"}},
     summary="Create a collection (idempotent)",
 )
 async def create_collection(
@@ -80,7 +83,8 @@ async def create_collection(
 ) -> CollectionOut:
     description = body.description if body is not None else None
     index = body.index if body is not None else None
-    col, created = await run_in_threadpool(store.create, name, description, index)
+    kept = body.vectors if body is not None else None
+    col, created = await run_in_threadpool(store.create, name, description, index, kept)
     if not created:
         response.status_code = status.HTTP_200_OK
     return _out(await run_in_threadpool(col.info))
@@ -99,6 +103,45 @@ async def train_collection(name: str, store: Collections, body: TrainRequest | N
     lists = body.lists if body is not None else None
     await run_in_threadpool(col.train, lists)
     return _out(await run_in_threadpool(col.info))
+
+
+@router.post(
+    "/collections/{name}/migrate",
+    response_model=MigrateResponse,
+    responses={**ERRORS,
+               409: {**_ERR, "description": "A migration of it is running, or some items keep neither a vector nor "
+                     "a text (named)"},
+               507: {**_ERR, "description": "Out of disk space: nothing was changed"}},
+    summary="Re-encode a collection for the server's checkpoint from its kept vectors (or texts), atomically",
+)
+async def migrate_collection(name: str, store: Collections, batcher: Batcher) -> MigrateResponse:
+    mig = await run_in_threadpool(migrate.Migration.open, store, name)
+    try:
+        while (chunk := await run_in_threadpool(mig.next_chunk)) is not None:
+            if chunk.text_pos:
+                chunk.x[chunk.text_pos] = await _embed_stored(batcher, chunk.texts)
+            codes = await batcher.encode(chunk.x, bulk=True)
+            await run_in_threadpool(mig.stage, chunk, codes)
+        col = await run_in_threadpool(mig.finish)
+    except BaseException:
+        await run_in_threadpool(mig.abort)
+        raise
+    return MigrateResponse(collection=_out(await run_in_threadpool(col.info)),
+                           migration=MigrationOut(**mig.result.public()))
+
+
+async def _embed_stored(batcher: MicroBatcher, texts: list[str]) -> np.ndarray:
+    """Embeddings of stored texts, sent in groups within the per-request text budget."""
+    budget = batcher.max_request_chars or sum(len(t) for t in texts) or 1
+    out, group, chars = [], [], 0
+    for text in texts:
+        if group and chars + len(text) > budget:
+            out.append(await batcher.embed(group))
+            group, chars = [], 0
+        group.append(text)
+        chars += len(text)
+    out.append(await batcher.embed(group))
+    return np.concatenate(out)
 
 
 @router.get("/collections", response_model=CollectionList, responses=ERRORS, summary="List collections")
@@ -122,13 +165,13 @@ async def delete_collection(name: str, store: Collections) -> Deleted:
 
 
 async def _item_vectors(req: UpsertRequest, batcher: MicroBatcher, settings: Settings) -> np.ndarray:
-    """float32 [N, input_dim]: embeddings as sent, texts through the text model."""
+    """float32 [N, input_dim]: embeddings as sent; the texts of items without one through the text model."""
     dim = batcher.monolith.config.input_dim
     x = np.empty((len(req.items), dim), dtype=np.float32)
     for i, item in enumerate(req.items):
         if item.embedding is not None:
             x[i] = item_embedding(item.embedding, i, dim)
-    text_pos = [i for i, item in enumerate(req.items) if item.text is not None]
+    text_pos = [i for i, item in enumerate(req.items) if item.embedding is None]
     if text_pos:
         batcher.require_text_model()
         x[text_pos] = await batcher.embed([item_text(req.items[i].text, i, settings) for i in text_pos])
@@ -148,9 +191,10 @@ async def upsert_items(
     col = await run_in_threadpool(store.get, name)
     ids = item_ids(req, settings)
     metadata = item_metadata(req, settings)
-    codes = await batcher.encode(await _item_vectors(req, batcher, settings))
+    x = await _item_vectors(req, batcher, settings)
+    codes = await batcher.encode(x)
     texts = [item.text for item in req.items]
-    stats = await run_in_threadpool(col.upsert, ids, codes, metadata, texts)
+    stats = await run_in_threadpool(col.upsert, ids, codes, metadata, texts, x)
     return UpsertResponse(collection=name, upserted=len(ids), inserted=stats.inserted, updated=stats.updated,
                           count=stats.count)
 
@@ -245,25 +289,28 @@ async def _query_vectors(req: SearchRequest, batcher: MicroBatcher, settings: Se
 @router.post(
     "/collections/{name}/search",
     response_model=SearchResponse,
-    responses={**ERRORS, 413: {**_ERR, "description": "More queries than MONOLITH_MAX_BATCH"}},
+    responses={**ERRORS, 413: {**_ERR, "description": "More queries than MONOLITH_MAX_BATCH"},
+               422: {**_ERR, "description": "Invalid input, or rescore=true on a collection that keeps no vectors"}},
     summary="Search a collection with texts or embeddings",
 )
 async def search(
     name: str, req: SearchRequest, batcher: Batcher, store: Collections, settings: AppSettings
 ) -> SearchResponse:
-    candidates = search_limits(req, settings)
     flt = parse_filter(req.filter)
     col = await run_in_threadpool(store.get, name)
+    rescore = req.rescore if req.rescore is not None else col.vector_kind != "none"
+    candidates = search_limits(req, settings, rescore)
     await run_in_threadpool(col.prepare_filter, flt)
     x = await _query_vectors(req, batcher, settings)
     monolith = batcher.monolith
 
     def run() -> tuple[list[list[Any]], str]:
-        return col.search(monolith.search_latent(x), x, req.k, candidates, flt, req.score_threshold, req.probe)
+        return col.search(monolith.search_latent(x), x, req.k, candidates, flt, req.score_threshold, req.probe,
+                          rescore)
 
     hits, metric = await batcher.call(run)
     results = [[SearchHit(id=h.id, score=h.score, metadata=h.metadata, text=h.text) for h in row] for row in hits]
-    return SearchResponse(results=results, metric=metric, candidates=candidates)
+    return SearchResponse(results=results, metric=metric, candidates=candidates, rescored=rescore and candidates > 0)
 
 
 # ---- export / import -----------------------------------------------------------------------

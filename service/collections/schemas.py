@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.collections.partitions import IndexSpec
+from service.collections.vectors import VectorKind
 
 MAX_K = 1000
 
@@ -24,6 +25,11 @@ class CollectionCreate(BaseModel):
         None, description='How searches scan: {"kind": "flat"} (default: every code) or {"kind": "ivf", "lists": n} '
         "(the probe nearest partitions); given for an existing collection, its index is rebuilt from the stored codes",
         examples=[{"kind": "ivf", "lists": 1024}],
+    )
+    vectors: VectorKind | None = Field(
+        None, description="What the collection keeps of each item's input vector, on disk, for exact rescoring and "
+        "migration: 'int8' (default, 388 bytes an item), 'float16' (768 bytes) or 'none' (codes only). RAM holds "
+        "only the codes either way; an existing collection keeps its kind",
     )
 
 
@@ -52,6 +58,10 @@ class CollectionOut(BaseModel):
         default_factory=dict, description="'kind' ('flat' or 'ivf'); for IVF also lists, trained, default_probe, "
         "bytes (RAM of codes, ids and lists), train_at while untrained",
     )
+    vectors: str | None = Field(None, description="What it keeps of each input vector: int8, float16 or none")
+    bytes_per_item: dict[str, float] | None = Field(
+        None, description="'ram': index bytes per item (the codes, and IVF lists); 'disk': file bytes per item; "
+        "'vector': bytes of one kept vector")
 
 
 class CollectionList(BaseModel):
@@ -59,19 +69,21 @@ class CollectionList(BaseModel):
 
 
 class ItemIn(BaseModel):
-    """One item: exactly one of ``text`` (embedded by the server) or ``embedding``."""
+    """One item: ``text`` (embedded by the server), ``embedding``, or both (the embedding is
+    encoded and kept, the text stored and returned with hits)."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1, description="Your id; upserting an existing id replaces that item")
-    text: str | None = Field(None, description="Embedded with the text model; stored as the item's text")
+    text: str | None = Field(
+        None, description="Stored as the item's text; embedded with the text model when no embedding is given")
     embedding: list[float] | None = Field(None, description="An L2-normalised input_dim-d embedding")
     metadata: dict[str, Any] | None = Field(None, description="Any JSON object, returned with search hits")
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> ItemIn:
-        if (self.text is None) == (self.embedding is None):
-            raise ValueError("each item needs exactly one of 'text' or 'embedding'")
+    def _at_least_one(self) -> ItemIn:
+        if self.text is None and self.embedding is None:
+            raise ValueError("each item needs a 'text', an 'embedding', or both")
         return self
 
 
@@ -143,8 +155,13 @@ class SearchRequest(BaseModel):
     candidates: int | None = Field(
         None,
         ge=0,
-        description="ADC candidates to re-rank by cosine with the decoded codes; 0 = ADC order only; "
-        "default MONOLITH_DEFAULT_CANDIDATES",
+        description="ADC candidates ranked again: by exact cosine with their kept vectors when rescoring "
+        "(default MONOLITH_RESCORE_CANDIDATES), else by cosine with their decoded codes (default "
+        "MONOLITH_DEFAULT_CANDIDATES); 0 = ADC order only",
+    )
+    rescore: bool | None = Field(
+        None, description="Rank the candidates by exact cosine with their kept vectors (default: on where the "
+        "collection keeps vectors; true on a collection without them is a 422)",
     )
     filter: dict[str, Any] | None = Field(
         None,
@@ -178,8 +195,24 @@ class SearchHit(BaseModel):
 class SearchResponse(BaseModel):
     results: list[list[SearchHit]] = Field(description="One list per query, best first, at most k hits")
     metric: Literal["cosine", "latent_cosine", "neg_sq_l2"] = Field(
-        description="What 'score' is: 'cosine' (re-ranked: cosine of query and decoded item), "
+        description="What 'score' is: 'cosine' (rescored: exact cosine of query and kept vector; re-ranked: "
+        "cosine of query and decoded item), "
         "'latent_cosine' (ADC: mean per-head cosine of the query's latent and the item's codes), "
         "'neg_sq_l2' (ADC: minus the squared latent distance). Higher is better in every case."
     )
-    candidates: int = Field(description="ADC candidates re-ranked (0: none)")
+    candidates: int = Field(description="ADC candidates ranked again (0: none)")
+    rescored: bool = Field(False, description="Whether the candidates were ranked by exact cosine with kept vectors")
+
+
+class MigrationOut(BaseModel):
+    changed: bool = Field(description="False when the collection already belonged to the serving checkpoint")
+    items: int = Field(description="Items re-encoded")
+    from_vectors: int = Field(description="Of those, re-encoded from their kept vectors")
+    from_texts: int = Field(description="Of those, embedded again from their texts (no kept vector)")
+    seconds: float
+    previous: dict[str, str] = Field(description="The checkpoint (and weights) checksums the codes had before")
+
+
+class MigrateResponse(BaseModel):
+    collection: CollectionOut
+    migration: MigrationOut

@@ -14,14 +14,16 @@ import threading
 import uuid
 from pathlib import Path
 
-from service.collections import files, partitions
+from service.collections import files, partitions, vectors
 from service.collections.binding import StoreModel, check_compatible
 from service.collections.collection import Collection, CollectionInfo
 from service.collections.errors import (
     CheckpointMismatch,
+    CollectionBusy,
     CollectionExists,
     CollectionNotFound,
     InvalidName,
+    SettingsConflict,
     StoreError,
 )
 from vqvae.search import DEFAULT_BACKEND, Backend
@@ -58,6 +60,7 @@ class Store:
         self.backend = backend
         self._open: dict[str, Collection] = {}
         self._lock = threading.RLock()
+        self._jobs: dict[str, str] = {}  # collection → the long job running on it (a migration)
 
     def path(self, name: str) -> Path:
         return self.root / f"{validate_name(name)}{files.SUFFIX}"
@@ -90,16 +93,23 @@ class Store:
             return col
 
     def create(
-        self, name: str, description: str | None = None, index: partitions.IndexSpec | None = None
+        self, name: str, description: str | None = None, index: partitions.IndexSpec | None = None,
+        kept: vectors.VectorKind | None = None,
     ) -> tuple[Collection, bool]:
         """Create a collection (atomically: built under a temp name, then hard-linked into
         place, which fails if the name exists). Returns it and whether it is new. ``index``:
         flat or partitioned (``partitions``); given for an existing collection, its index is
-        rebuilt that way from the stored codes."""
+        rebuilt that way from the stored codes. ``kept``: what it keeps of each input vector
+        (default int8); an existing collection keeps its kind (``SettingsConflict`` if asked another)."""
         path = self.path(name)
         with self._lock:
             if path.exists():
                 col = self.get(name)
+                if kept is not None and kept != col.vector_kind:
+                    raise SettingsConflict(
+                        f"collection {name!r} exists and keeps vectors as {col.vector_kind!r}; the kind cannot "
+                        f"change in place: export it, delete it, PUT it with \"vectors\": \"{kept}\" and upsert "
+                        "its items again")
                 if description is not None and description != col.meta.get("description"):
                     col.set_description(description)
                 if index is not None:
@@ -107,8 +117,9 @@ class Store:
                 return col, False
             tmp = self.root / f".{name}.{uuid.uuid4().hex}.creating"
             try:
-                files.create_file(tmp, {**self.model.file_meta(), **partitions.meta_for(index)},
-                                  self.model.num_heads, description)
+                meta = {**self.model.file_meta(), **partitions.meta_for(index),
+                        vectors.META_KEY: kept or vectors.DEFAULT_KIND}
+                files.create_file(tmp, meta, self.model.num_heads, description)
                 try:
                     os.link(tmp, path)
                 except FileExistsError:
@@ -118,6 +129,26 @@ class Store:
                 files.remove_files(tmp)
             log.info("collection %s created", name)
             return self.get(name), True
+
+    def claim(self, name: str, job: str) -> None:
+        """Mark ``name`` as running ``job``; ``CollectionBusy`` if one already runs (one at a time)."""
+        with self._lock:
+            running = self._jobs.get(name)
+            if running is not None:
+                raise CollectionBusy(f"a {running} of collection {name!r} is running; wait for it to finish, "
+                                     "then retry")
+            self._jobs[name] = job
+
+    def release(self, name: str) -> None:
+        with self._lock:
+            self._jobs.pop(name, None)
+
+    def forget(self, name: str) -> None:
+        """Close ``name`` if open, so the next :meth:`get` reads it from its file again."""
+        with self._lock:
+            col = self._open.pop(name, None)
+            if col is not None:
+                col.close()
 
     def staging_path(self, name: str) -> Path:
         """A hidden file beside the collections in which to build one (an import) before

@@ -2,12 +2,14 @@
 
 The file is gzip-compressed UTF-8 JSON lines (``zcat wiki.monolith.gz | head`` shows it):
 
-1. a header: ``{"format": "monolith-collection", "format_version": 1, "name", "description",
+1. a header: ``{"format": "monolith-collection", "format_version": 2, "name", "description",
    "created", "exported", "checkpoint_sha256", "weights_sha256", "model", "num_heads", "codebook_size",
-   "count", "collection_meta"}``. An import is refused unless the serving checkpoint has those
+   "count", "vectors", "collection_meta"}``. An import is refused unless the serving checkpoint has those
    weights (``StoreModel.made``); ``collection_meta`` holds the index settings of a partitioned
    collection (``partitions.META_KEYS``), so that a copy keeps its lists;
-2. ``count`` items in index order: ``{"id", "codes": [c0, c1, c2, c3], "metadata", "text"}``;
+2. ``count`` items in index order: ``{"id", "codes": [c0, c1, c2, c3], "metadata", "text", "vector"}``,
+   ``vector`` the kept vector's blob (``service.collections.vectors``, of the header's ``vectors``
+   kind) in base64, or null. Version 1 files (no kept vectors) still import, keeping none;
 3. a trailer: ``{"end": true, "count": N, "sha256": "<hex>"}``, the sha256 of every
    (uncompressed) byte before the trailer line.
 
@@ -22,6 +24,8 @@ hidden file beside the collections that is put in place only when all of it chec
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import gzip
 import hashlib
@@ -37,20 +41,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from service.collections import files, partitions
+from service.collections import files, partitions, vectors
 from service.collections.binding import StoreModel, made_with
 from service.collections.collection import Collection
 from service.collections.errors import CheckpointMismatch, CollectionExists, InvalidExport
 from service.collections.store import Store
 
 FORMAT = "monolith-collection"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: kept vectors (header "vectors", item "vector")
+READABLE_VERSIONS = (1, 2)
 SUFFIX = ".monolith.gz"
 MEDIA_TYPE = "application/gzip"
 ROWS_PER_CHUNK = 4096  # items read, encoded and compressed at a time
 MAX_LINE_BYTES = 16 * 1024 * 1024  # no item line is longer (ids, metadata and texts have limits)
 INSERT_BATCH = 8192
-ITEM_KEYS = frozenset({"id", "codes", "metadata", "text"})
+INSERT_ITEM = "INSERT INTO items (slot, id, codes, metadata, text, vector) VALUES (?, ?, ?, ?, ?, ?)"
+ITEM_KEYS = frozenset({"id", "codes", "metadata", "text", "vector"})
 CARRIED_META = partitions.META_KEYS  # collection settings beyond the model's that travel with it
 
 Progress = Callable[[int, int], None]  # (items done, items in all)
@@ -83,6 +89,7 @@ def export_lines(path: Path, name: str, progress: Progress | None = None) -> Ite
                 "num_heads": int(meta.get("num_heads", 0)),
                 "codebook_size": int(meta.get("codebook_size", 0)),
                 "count": count,
+                "vectors": meta.get(vectors.META_KEY, "none"),
                 "collection_meta": {k: meta[k] for k in CARRIED_META if k in meta},
             }
             digest = hashlib.sha256()
@@ -90,15 +97,17 @@ def export_lines(path: Path, name: str, progress: Progress | None = None) -> Ite
             digest.update(line)
             yield line
             done = 0
-            cur = conn.execute("SELECT id, codes, metadata, text FROM items ORDER BY slot")
+            cur = conn.execute("SELECT id, codes, metadata, text, vector FROM items ORDER BY slot")
             while rows := cur.fetchmany(ROWS_PER_CHUNK):
                 parts = []
-                for item_id, codes, metadata, text in rows:
+                for item_id, codes, metadata, text, vector in rows:
                     if metadata is not None and "\n" in metadata:  # stored compact; never split a line
                         metadata = _dump(json.loads(metadata))
+                    kept = f'"{base64.b64encode(vector).decode()}"' if vector is not None else "null"
                     parts.append(
                         f'{{"id":{_dump(item_id)},"codes":{_dump(list(codes))},'
-                        f'"metadata":{metadata if metadata is not None else "null"},"text":{_dump(text)}}}\n'
+                        f'"metadata":{metadata if metadata is not None else "null"},"text":{_dump(text)},'
+                        f'"vector":{kept}}}\n'
                     )
                 block = "".join(parts).encode()
                 digest.update(block)
@@ -197,8 +206,10 @@ def read_header(lines: _Lines, model: StoreModel) -> dict[str, Any]:
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise _bad(f"it has no {FORMAT!r} header")
     version = header.get("format_version")
-    if version != FORMAT_VERSION:
-        raise _bad(f"format version {version!r}; this Monolith reads version {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise _bad(f"format version {version!r}; this Monolith reads versions {list(READABLE_VERSIONS)}")
+    if header.setdefault("vectors", "none") not in vectors.KINDS:
+        raise _bad(f"'vectors' must be one of {list(vectors.KINDS)}")
     if not model.made(header):
         raise CheckpointMismatch(
             f"the export was made with {made_with(header)} but this server runs "
@@ -218,11 +229,38 @@ def read_header(lines: _Lines, model: StoreModel) -> dict[str, Any]:
     return header
 
 
-def _item_row(obj: Any, n: int, lines: _Lines, num_heads: int, codebook_size: int,
-              limits: ImportLimits) -> tuple[int, str, bytes, str | None, str | None]:
+@dataclass
+class _Shape:
+    """What every imported item must fit: the checkpoint's codes, the kept vectors' kind, the limits."""
+
+    num_heads: int
+    codebook_size: int
+    kind: str
+    dim: int
+    limits: ImportLimits
+
+
+Row = tuple[int, str, bytes, str | None, str | None, bytes | None]
+
+
+def _vector_blob(raw: Any, where: str, shape: _Shape) -> bytes | None:
+    if raw is None:
+        return None
+    width = vectors.row_bytes(shape.kind, shape.dim)
+    try:
+        blob = base64.b64decode(raw, validate=True) if isinstance(raw, str) else None
+    except (binascii.Error, ValueError):
+        blob = None
+    if blob is None or not width or len(blob) != width:
+        raise _bad(f"{where}: vector must be null or the base64 of {width} bytes ({shape.kind} kept vectors)")
+    return blob
+
+
+def _item_row(obj: Any, n: int, lines: _Lines, shape: _Shape) -> Row:
     where = f"line {lines.number}"
+    num_heads, codebook_size, limits = shape.num_heads, shape.codebook_size, shape.limits
     if not isinstance(obj, dict) or not {"id", "codes"} <= obj.keys() or not obj.keys() <= ITEM_KEYS:
-        raise _bad(f"{where} is not an item (id, codes, metadata, text)")
+        raise _bad(f"{where} is not an item (id, codes, metadata, text, vector)")
     item_id, codes, metadata, text = obj["id"], obj["codes"], obj.get("metadata"), obj.get("text")
     if not isinstance(item_id, str) or not item_id or "\x00" in item_id:
         raise _bad(f"{where}: the id must be a non-empty string without NUL")
@@ -239,7 +277,7 @@ def _item_row(obj: Any, n: int, lines: _Lines, num_heads: int, codebook_size: in
     if raw_meta is not None and limits.max_metadata_bytes is not None \
             and len(raw_meta.encode()) > limits.max_metadata_bytes:
         raise _bad(f"{where}: metadata over {limits.max_metadata_bytes} bytes (MONOLITH_MAX_METADATA_BYTES)")
-    return n, item_id, bytes(codes), raw_meta, text
+    return n, item_id, bytes(codes), raw_meta, text, _vector_blob(obj.get("vector"), where, shape)
 
 
 def read_into(
@@ -257,13 +295,14 @@ def read_into(
     header = read_header(lines, model)
     num_heads, codebook_size = model.num_heads, model.codebook_size
     description = header.get("description")
-    meta = {**model.file_meta(), **(header.get("collection_meta") or {})}
+    meta = {**model.file_meta(), **(header.get("collection_meta") or {}), vectors.META_KEY: header["vectors"]}
+    shape = _Shape(num_heads, codebook_size, header["vectors"], model.input_dim, limits)
     files.create_file(dest, meta, num_heads, description if isinstance(description, str) else None)
     try:
         conn = sqlite3.connect(dest, isolation_level=None)
         try:
             conn.execute("PRAGMA synchronous=OFF")  # not visible until complete; fsynced below
-            n = _copy_items(conn, lines, header["count"], num_heads, codebook_size, limits, progress)
+            n = _copy_items(conn, lines, header["count"], shape, progress)
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             conn.close()
@@ -275,15 +314,15 @@ def read_into(
     return Imported(header=header, count=n)
 
 
-def _copy_items(conn: sqlite3.Connection, lines: _Lines, count: int, num_heads: int, codebook_size: int,
-                limits: ImportLimits, progress: Progress | None) -> int:
+def _copy_items(conn: sqlite3.Connection, lines: _Lines, count: int, shape: _Shape,
+                progress: Progress | None) -> int:
     n = 0
-    batch: list[tuple[int, str, bytes, str | None, str | None]] = []
+    batch: list[Row] = []
 
     def flush() -> None:
         try:
             with files.transaction(conn):
-                conn.executemany("INSERT INTO items (slot, id, codes, metadata, text) VALUES (?, ?, ?, ?, ?)", batch)
+                conn.executemany(INSERT_ITEM, batch)
         except sqlite3.IntegrityError:
             raise _bad(f"an id appears twice (ids are unique): {_first_repeat(conn, batch)!r}") from None
         batch.clear()
@@ -299,7 +338,7 @@ def _copy_items(conn: sqlite3.Connection, lines: _Lines, count: int, num_heads: 
         obj = lines.json(line)
         if isinstance(obj, dict) and obj.get("end") is True:
             raise _bad(f"the trailer comes after {n} items but the header promised {count}")
-        batch.append(_item_row(obj, n, lines, num_heads, codebook_size, limits))
+        batch.append(_item_row(obj, n, lines, shape))
         n += 1
         if len(batch) >= INSERT_BATCH:
             flush()
@@ -316,7 +355,7 @@ def _copy_items(conn: sqlite3.Connection, lines: _Lines, count: int, num_heads: 
     return n
 
 
-def _first_repeat(conn: sqlite3.Connection, batch: list[tuple[int, str, bytes, str | None, str | None]]) -> str:
+def _first_repeat(conn: sqlite3.Connection, batch: list[Row]) -> str:
     """The first id of a refused batch that repeats one before it (in the batch or the file)."""
     seen: set[str] = set()
     for row in batch:

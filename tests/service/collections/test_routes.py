@@ -107,9 +107,10 @@ def test_upsert_get_search_delete_search(coll: TestClient, monolith: Monolith) -
         assert hits[0]["metadata"] == meta[hit_rows[0]]
 
     # Re-ranked search: scores are cosines of the query with decoded codes.
-    resp = coll.post("/collections/docs/search", json={"embeddings": x[:1].tolist(), "k": 4, "candidates": 20})
+    resp = coll.post("/collections/docs/search",
+                     json={"embeddings": x[:1].tolist(), "k": 4, "candidates": 20, "rescore": False})
     out = resp.json()
-    assert out["metric"] == "cosine" and out["candidates"] == 20
+    assert out["metric"] == "cosine" and out["candidates"] == 20 and out["rescored"] is False
     recon = monolith.decode(codes)
     for h in out["results"][0]:
         assert h["score"] == pytest.approx(float(recon[int(h["id"][3:])] @ x[0]), abs=1e-4)
@@ -151,8 +152,7 @@ def test_ids_with_slashes_and_unicode(coll: TestClient) -> None:
     [
         ({"items": []}, "at least 1"),
         ({}, "Field required"),
-        ({"items": [{"id": "a"}]}, "exactly one of 'text' or 'embedding'"),
-        ({"items": [{"id": "a", "text": "t", "embedding": [0.0] * 384}]}, "exactly one"),
+        ({"items": [{"id": "a"}]}, "a 'text', an 'embedding', or both"),
         ({"items": [{"id": "", "embedding": [0.0] * 384}]}, "at least 1"),
         ({"items": [{"id": "a", "embedding": [0.1] * 383}]}, "383 values"),
         ({"items": [{"id": "a", "embedding": [0.1] * 384, "metadata": [1]}]}, "dictionary"),
@@ -200,8 +200,10 @@ def test_oversized_search_answers_are_413(coll: TestClient, monkeypatch: pytest.
     monkeypatch.setattr(checks, "MAX_HITS", 100)
     monkeypatch.setattr(checks, "MAX_RERANK_ROWS", 1000)
     x = unit_rows(3, seed=8).tolist()
-    assert coll.post("/collections/docs/search", json={"embeddings": x, "k": 34}).status_code == 413
-    assert coll.post("/collections/docs/search", json={"embeddings": x, "k": 33}).status_code == 200
+    assert coll.post("/collections/docs/search", json={"embeddings": x, "k": 34, "rescore": False}).status_code == 413
+    assert coll.post("/collections/docs/search", json={"embeddings": x, "k": 33, "rescore": False}).status_code == 200
+    resp = coll.post("/collections/docs/search", json={"embeddings": x, "k": 10})  # 3 × 3000 rescored rows
+    assert resp.status_code == 413 and "re-rank" in resp.json()["detail"]
     resp = coll.post("/collections/docs/search", json={"embeddings": x, "k": 10, "candidates": 334})
     assert resp.status_code == 413 and "re-rank" in resp.json()["detail"]
 

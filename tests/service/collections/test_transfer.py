@@ -78,11 +78,11 @@ def test_round_trip_searches_identically(client: TestClient, monolith: Monolith)
     blob = export(client)
     rows = lines(blob)
     header, items, trailer = rows[0], rows[1:-1], rows[-1]
-    assert header["format"] == "monolith-collection" and header["format_version"] == 1
+    assert header["format"] == "monolith-collection" and header["format_version"] == 2 and header["vectors"] == "int8"
     assert header["checkpoint_sha256"] == monolith.sha256 and header["count"] == len(items) == 252
     assert header["description"] == "the docs" and header["num_heads"] == 4
     assert trailer["end"] is True and trailer["count"] == 252
-    assert set(items[0]) == {"id", "codes", "metadata", "text"}
+    assert set(items[0]) == {"id", "codes", "metadata", "text", "vector"}
 
     resp = client.post("/collections/copy/import", content=blob, headers={"Content-Type": "application/gzip"})
     assert resp.status_code == 201, resp.text
