@@ -338,25 +338,25 @@ class Collection:
         return rerank_by_cosine(queries, shortlist.rows, k, self.kept_vectors)
 
     def kept_vectors(self, rows: np.ndarray) -> np.ndarray:
-        """float32 [len(rows), d]: the kept vectors of ``rows`` (slots), read from the file; rows
+        """float32 [len(rows), d]: the kept vectors of ``rows`` (slots), read from the file in one
+        query (rescoring reads thousands per search; json_each binds them as one parameter); rows
         stored without one (imported from an older export) give their decoded codes instead."""
         uniq, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
-        stored: dict[int, tuple[bytes | None, bytes]] = {}
-        for part in files.chunks(uniq.tolist()):
-            marks = ",".join("?" * len(part))
-            for slot, blob, codes in self.conn.execute(
-                f"SELECT slot, vector, codes FROM items WHERE slot IN ({marks})", part
-            ):
-                stored[slot] = (blob, codes)
+        got = self.conn.execute(
+            "SELECT slot, vector, codes FROM items WHERE slot IN (SELECT value FROM json_each(?)) ORDER BY slot",
+            (json.dumps(uniq.tolist()),)).fetchall()
+        if len(got) != len(uniq):
+            raise CollectionCorrupt(f"collection {self.name!r}: {len(uniq) - len(got)} rows of the index have no item")
         dim = self.model.input_dim
+        have = [i for i, r in enumerate(got) if r[1] is not None]
+        if len(have) == len(got):
+            return vectors.unpack(self.vector_kind, [r[1] for r in got], dim)[inverse.reshape(-1)]
         out = np.zeros((len(uniq), dim), dtype=np.float32)
-        slots = uniq.tolist()
-        have = [i for i, s in enumerate(slots) if stored.get(s, (None,))[0] is not None]
         if have:
-            out[have] = vectors.unpack(self.vector_kind, [stored[slots[i]][0] for i in have], dim)
-        lack = [i for i, s in enumerate(slots) if s in stored and stored[s][0] is None]
-        if lack and self.model.decoder is not None:
-            codes = self._stored_codes([(0, stored[slots[i]][1]) for i in lack])
+            out[have] = vectors.unpack(self.vector_kind, [got[i][1] for i in have], dim)
+        lack = [i for i, r in enumerate(got) if r[1] is None]
+        if self.model.decoder is not None:
+            codes = self._stored_codes([(0, got[i][2]) for i in lack])
             out[lack] = self.model.decoder(codes.astype(np.int64))
         return out[inverse.reshape(-1)]
 

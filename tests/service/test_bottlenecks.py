@@ -48,7 +48,8 @@ def test_service_serves_a_residual_vq_checkpoint(tmp_path: Path) -> None:
         assert client.put("/collections/r").status_code == 201
         items = [{"id": f"d{i}", "embedding": row.tolist()} for i, row in enumerate(x)]
         assert client.post("/collections/r/items", json={"items": items}).status_code == 200
-        resp = client.post("/collections/r/search", json={"embeddings": x[:2].tolist(), "k": 3, "candidates": 20})
+        resp = client.post("/collections/r/search", json={"embeddings": x[:2].tolist(), "k": 3, "candidates": 20,
+                                                                   "rescore": False})
         assert resp.status_code == 200, resp.text
         hits = resp.json()["results"]
     # every item re-ranked: the answer is the exact top 3 by cosine to the decoded vectors
