@@ -20,7 +20,9 @@ HealthSource = Literal["traffic", "reference"]
 class EncodeRequest(BaseModel):
     """Exactly one of ``texts`` or ``embeddings``."""
 
-    model_config = ConfigDict(extra="forbid")
+    # One whole valid body (tests/service/test_openapi_examples.py): without it /docs sends both fields.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"texts": ["The capital of France is Paris."]}]})
 
     texts: list[str] | None = Field(
         None, min_length=1, description="Sentences to embed with the text model, then encode"
@@ -60,7 +62,7 @@ Code = Annotated[int, Field(ge=0, le=255)]
 
 
 class DecodeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"codes": [[17, 201, 4, 96]]}]})
 
     codes: list[list[Code]] = Field(min_length=1, description="Rows of num_heads codes, each 0..codebook_size-1")
 

@@ -7,8 +7,9 @@ backoff, honouring ``Retry-After``, a bounded number of times; every other failu
 ``MonolithError`` with the HTTP status and the server's message.
 
 Collections (create with an index, train, list, upsert in chunks with progress and resume,
-search with metadata filters, read and list items, export and import) answer typed results:
-the dataclasses of ``types`` (``CollectionInfo``, ``Hit``, ``SearchResults``, ``Item``, ...).
+search with metadata filters, read, list, count and delete items (by id or by filter), export and
+import) answer typed results: the dataclasses of ``types`` (``CollectionInfo``, ``Hit``,
+``SearchResults``, ``Item``, ...).
 
 The package is split by what each part holds:
 

@@ -172,13 +172,15 @@ class AsyncMonolithClient(Operations):
     async def get_items(self, name: str, ids: Sequence[str]) -> list[Item | None]:
         return await self._run(self._get_items_plan(name, ids))
 
-    async def list_items(self, name: str, limit: int = 100, cursor: str | None = None) -> ItemPage:
-        return await self._run(self._page_plan(name, limit, cursor))
+    async def list_items(self, name: str, limit: int = 100, cursor: str | None = None, *,
+                         filter: dict[str, Any] | None = None) -> ItemPage:
+        return await self._run(self._page_plan(name, limit, cursor, filter))
 
-    async def iter_items(self, name: str, page_size: int = 1000) -> AsyncIterator[Item]:
+    async def iter_items(self, name: str, page_size: int = 1000, *,
+                         filter: dict[str, Any] | None = None) -> AsyncIterator[Item]:
         cursor = None
         while True:
-            page = await self.list_items(name, page_size, cursor)
+            page = await self.list_items(name, page_size, cursor, filter=filter)
             for item in page.items:
                 yield item
             if page.next_cursor is None:
@@ -188,8 +190,12 @@ class AsyncMonolithClient(Operations):
     async def delete_item(self, name: str, item_id: str) -> bool:
         return await self._run(self._delete_item_plan(name, item_id))
 
-    async def delete_items(self, name: str, ids: Sequence[str]) -> DeleteResult:
-        return await self._run(self._delete_items_plan(name, ids))
+    async def delete_items(self, name: str, ids: Sequence[str] | None = None, *,
+                           filter: dict[str, Any] | None = None) -> DeleteResult:
+        return await self._run(self._delete_items_plan(name, ids, filter))
+
+    async def count(self, name: str, filter: dict[str, Any] | None = None) -> int:
+        return await self._run(self._count_plan(name, filter))
 
     # -- export / import ------------------------------------------------------------------------
 

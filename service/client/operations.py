@@ -46,6 +46,13 @@ def given(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def _filter_param(filter: dict[str, Any] | None) -> dict[str, str]:
+    """A metadata filter as the ``filter`` query parameter (JSON text), where one is given."""
+    if filter is None:
+        return {}
+    return {"filter": json.dumps(filter, ensure_ascii=False, separators=(",", ":"))}
+
+
 @dataclass
 class _Rows:
     """What an upsert writes, one row per id: an embedding or a text, and optional metadata."""
@@ -329,12 +336,23 @@ class Operations:
             found.update((it["id"], pick(Item, it)) for it in resp.json()["items"])
         return [found.get(i) for i in ids]
 
-    def _page_plan(self, name: str, limit: int, cursor: str | None) -> Plan[ItemPage]:
-        params = {"limit": str(limit), **({"cursor": cursor} if cursor else {})}
+    def _page_plan(self, name: str, limit: int, cursor: str | None,
+                   filter: dict[str, Any] | None = None) -> Plan[ItemPage]:
+        params = {"limit": str(limit), **({"cursor": cursor} if cursor else {}), **_filter_param(filter)}
         page = (yield Request("GET", wire.path(name, "items"), params=params)).json()
         return ItemPage(items=[pick(Item, it) for it in page["items"]], next_cursor=page["next_cursor"])
 
-    def _delete_items_plan(self, name: str, ids: Sequence[str]) -> Plan[DeleteResult]:
+    def _count_plan(self, name: str, filter: dict[str, Any] | None) -> Plan[int]:
+        answer = (yield Request("GET", wire.path(name, "count"), params=_filter_param(filter) or None)).json()
+        return int(answer["count"])
+
+    def _delete_items_plan(self, name: str, ids: Sequence[str] | None,
+                           filter: dict[str, Any] | None = None) -> Plan[DeleteResult]:
+        if (ids is None) == (filter is None):
+            raise ValueError("pass exactly one of ids or filter=")
+        if filter is not None:  # one request, one transaction on the server
+            answer = (yield Request("POST", wire.path(name, "items", "delete"), json={"filter": filter})).json()
+            return DeleteResult(deleted=[], missing=[], deleted_count=answer["deleted_count"])
         ids = wire.ids(ids)
         step = yield from self._id_chunks_plan(ids)
         deleted: list[str] = []
@@ -344,7 +362,7 @@ class Operations:
             answer = (yield req).json()
             deleted += answer["deleted"]
             missing += answer["missing"]
-        return DeleteResult(deleted=deleted, missing=missing)
+        return DeleteResult(deleted=deleted, missing=missing, deleted_count=len(deleted))
 
     def _delete_item_plan(self, name: str, item_id: str) -> Plan[bool]:
         """One id through the batch route: a missing item is False, not a 404 (like get_item's None)."""

@@ -192,15 +192,18 @@ class MonolithClient(Operations):
         """Items by id, in the order asked (None for ids not stored); any number of ids."""
         return self._run(self._get_items_plan(name, ids))
 
-    def list_items(self, name: str, limit: int = 100, cursor: str | None = None) -> ItemPage:
-        """One page of items in id order; pass ``page.next_cursor`` for the next one."""
-        return self._run(self._page_plan(name, limit, cursor))
+    def list_items(self, name: str, limit: int = 100, cursor: str | None = None, *,
+                   filter: dict[str, Any] | None = None) -> ItemPage:
+        """One page of items in id order; pass ``page.next_cursor`` for the next one. ``filter``:
+        only the items whose metadata match it (the syntax of search's filter)."""
+        return self._run(self._page_plan(name, limit, cursor, filter))
 
-    def iter_items(self, name: str, page_size: int = 1000) -> Iterator[Item]:
-        """Every item, once, in id order, a page at a time (safe while others write)."""
+    def iter_items(self, name: str, page_size: int = 1000, *, filter: dict[str, Any] | None = None) -> Iterator[Item]:
+        """Every item (or every one ``filter`` matches), once, in id order, a page at a time
+        (safe while others write)."""
         cursor = None
         while True:
-            page = self.list_items(name, page_size, cursor)
+            page = self.list_items(name, page_size, cursor, filter=filter)
             yield from page.items
             if page.next_cursor is None:
                 return
@@ -210,9 +213,15 @@ class MonolithClient(Operations):
         """Delete one item; False if the collection had no such id."""
         return self._run(self._delete_item_plan(name, item_id))
 
-    def delete_items(self, name: str, ids: Sequence[str]) -> DeleteResult:
-        """Delete items by id, any number; the answer says which were there."""
-        return self._run(self._delete_items_plan(name, ids))
+    def delete_items(self, name: str, ids: Sequence[str] | None = None, *,
+                     filter: dict[str, Any] | None = None) -> DeleteResult:
+        """Delete items by id, any number (the answer says which were there), or every item whose
+        metadata match ``filter``, in one transaction (the answer has ``deleted_count``)."""
+        return self._run(self._delete_items_plan(name, ids, filter))
+
+    def count(self, name: str, filter: dict[str, Any] | None = None) -> int:
+        """Items in the collection, or those whose metadata match ``filter``."""
+        return self._run(self._count_plan(name, filter))
 
     # -- export / import ------------------------------------------------------------------------
 

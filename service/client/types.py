@@ -119,8 +119,12 @@ class UpsertResult:
 
 @dataclass(frozen=True)
 class DeleteResult:
+    """By ids: which were there (``deleted``) and which not; by filter only ``deleted_count``
+    is known (the server does not send the ids back: ``deleted`` and ``missing`` are empty)."""
+
     deleted: list[str]
     missing: list[str]
+    deleted_count: int | None = None  # items deleted (by ids: len(deleted))
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import numpy as np
 
 from service.collections import files, partitions, vectors
 from service.collections.binding import StoreModel, check_compatible
-from service.collections.errors import CollectionCorrupt, CollectionNotFound, NoKeptVectors
+from service.collections.errors import CollectionBusy, CollectionCorrupt, CollectionNotFound, NoKeptVectors
 from service.collections.filters import Filter, MetadataColumns
 from vqvae.ivf import IVFCodeIndex
 from vqvae.search import Backend, CodeIndex, SearchResult, rerank_by_cosine, swap_remove_plan
@@ -251,21 +251,73 @@ class Collection:
                                                    text=row[3])
         return found
 
-    def page(self, limit: int, after: str | None = None) -> tuple[list[StoredItem], str | None]:
+    def page(self, limit: int, after: str | None = None,
+             flt: Filter | None = None) -> tuple[list[StoredItem], str | None]:
         """Up to ``limit`` items in id order, after the id ``after``; and the id to continue
         after (None when this page is the last). Keyset pagination: each page is a fresh
         indexed query, so concurrent writes never make a listing skip or repeat an item that
-        stays in the collection (items added or deleted meanwhile may or may not be seen)."""
+        stays in the collection (items added or deleted meanwhile may or may not be seen).
+        ``flt``: only items whose metadata match (evaluated on the in-memory columns first)."""
         with self._lock:
             self.sync()
-            if after is None:
+            if flt is not None:
+                rows = self._filtered_page(limit + 1, after, flt)
+            elif after is None:
                 cur = self.conn.execute("SELECT id, codes, metadata, text FROM items ORDER BY id LIMIT ?", (limit + 1,))
+                rows = cur.fetchall()
             else:
                 cur = self.conn.execute("SELECT id, codes, metadata, text FROM items WHERE id > ? ORDER BY id LIMIT ?",
                                         (after, limit + 1))
-            rows = cur.fetchall()
+                rows = cur.fetchall()
         items = [StoredItem(id=r[0], codes=list(r[1]), metadata=files.loads(r[2]), text=r[3]) for r in rows[:limit]]
         return items, (items[-1].id if len(rows) > limit else None)
+
+    def count(self, flt: Filter | None = None) -> int:
+        """Items whose metadata match ``flt`` (every item without one), from the in-memory columns."""
+        with self._lock:
+            self.sync()
+            if flt is None:
+                return len(self.index)
+            return int(np.count_nonzero(self.columns.mask(flt, self.conn)))
+
+    def _filtered_page(self, want: int, after: str | None, flt: Filter) -> list[tuple[Any, ...]]:
+        """(id, codes, metadata, text) of the first ``want`` matching items after ``after``, in id
+        order (lock held). The mask comes first; then whichever reads fewer rows: walking the id
+        index keeping matching rows (about want · n / matched rows), or reading the matching rows'
+        ids and sorting them (matched rows). Python's str order is SQLite's: UTF-8 keeps code point order."""
+        mask = self.columns.mask(flt, self.conn)  # bool [n]
+        n, matched = len(mask), int(np.count_nonzero(mask))
+        if matched == 0:
+            return []
+        with files.read_snapshot(self.conn):
+            if want * n <= matched * matched:
+                picked = self._walk_ids(mask, want, after)
+            else:
+                slots = json.dumps(np.flatnonzero(mask).tolist())
+                pairs = self.conn.execute(
+                    "SELECT id, slot FROM items WHERE slot IN (SELECT value FROM json_each(?))", (slots,)).fetchall()
+                pairs.sort()
+                picked = [slot for item_id, slot in pairs if after is None or item_id > after][:want]
+            found = {r[0]: r[1:] for r in self.conn.execute(
+                "SELECT slot, id, codes, metadata, text FROM items WHERE slot IN (SELECT value FROM json_each(?))",
+                (json.dumps(picked),))}
+        return [found[s] for s in picked if s in found]
+
+    def _walk_ids(self, mask: np.ndarray, want: int, after: str | None) -> list[int]:
+        """The slots of the first ``want`` rows after ``after`` in id order that ``mask`` admits."""
+        if after is None:
+            cur = self.conn.execute("SELECT slot FROM items ORDER BY id")
+        else:
+            cur = self.conn.execute("SELECT slot FROM items WHERE id > ? ORDER BY id", (after,))
+        picked: list[int] = []
+        chunk = min(LOAD_CHUNK, max(64, want * 4))
+        while len(picked) < want and (batch := cur.fetchmany(chunk)):
+            slots = np.fromiter((r[0] for r in batch), dtype=np.int64, count=len(batch))
+            slots = slots[slots < len(mask)]  # rows another process added since the mask: not judged
+            picked += slots[mask[slots]][: want - len(picked)].tolist()
+            chunk = LOAD_CHUNK
+        cur.close()
+        return picked
 
     def _slots_of(self, ids: Sequence[str]) -> dict[str, int]:
         found: dict[str, int] = {}
@@ -478,6 +530,28 @@ class Collection:
                 self.conn.executemany("UPDATE items SET slot = ? WHERE slot = ?", [(d, s) for s, d in moves])
             self._after_commit(self._index_remove, slots, moves, old)
             return [i for i in ids if i in found]
+
+    def delete_matching(self, flt: Filter) -> int:
+        """Delete every item whose metadata match ``flt``, in one transaction; returns how many.
+        The filter is evaluated on the in-memory columns first (as a search does), so only the
+        matching rows are touched. Durable when this returns."""
+        with self._lock:
+            for _attempt in range(3):
+                self.sync()
+                slots = np.flatnonzero(self.columns.mask(flt, self.conn)).tolist()
+                if not slots:
+                    return 0
+                with files.transaction(self.conn):
+                    if self.conn.execute("PRAGMA data_version").fetchone()[0] != self._data_version:
+                        continue  # another process wrote since the mask: judge the filter again
+                    moves = swap_remove_plan(len(self.index), slots)
+                    old = self._codes_at(sorted(set(slots) | {s for s, _ in moves})) if self._keyed_by_codes() else None
+                    self.conn.execute("DELETE FROM items WHERE slot IN (SELECT value FROM json_each(?))",
+                                      (json.dumps(slots),))
+                    self.conn.executemany("UPDATE items SET slot = ? WHERE slot = ?", [(d, s) for s, d in moves])
+                self._after_commit(self._index_remove, slots, moves, old)
+                return len(slots)
+            raise CollectionBusy(f"collection {self.name!r} kept changing under a delete by filter; retry")
 
     def train(self, lists: int | None = None) -> dict[str, Any]:
         """(Re-)train a partitioned collection's lists on its stored codes (no re-encoding) and

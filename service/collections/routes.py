@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 from typing import Annotated, Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from service.collections import migrate, transfer
 from service.collections.checks import item_embedding, item_ids, item_metadata, item_text, search_limits
 from service.collections.collection import CollectionInfo, StoredItem
 from service.collections.errors import ItemNotFound
-from service.collections.filters import parse_filter
+from service.collections.filters import Filter, parse_filter
 from service.collections.schemas import (
     MAX_PAGE,
     CollectionCreate,
@@ -32,7 +33,9 @@ from service.collections.schemas import (
     CollectionOut,
     Deleted,
     DeletedMany,
+    DeleteRequest,
     ImportResponse,
+    ItemCount,
     ItemIds,
     ItemOut,
     ItemPage,
@@ -218,18 +221,49 @@ def _after(cursor: str) -> str:
     return after
 
 
+FILTER_QUERY = Query(
+    description='A metadata filter as JSON text, as search takes it (e.g. {"lang": "en"}, URL-encoded): only the '
+    "items it matches. Not JSON, or not a JSON object: 422",
+    examples=['{"lang": "en"}'],
+)
+
+
+def _query_filter(raw: str | None) -> Filter | None:
+    """The ``filter`` query parameter: JSON text of a filter object (docs/collections.md, Filters)."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidInput(f'filter is not valid JSON ({exc}); send a JSON object such as {{"lang": "en"}}, '
+                           "URL-encoded") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f'filter must be a JSON object such as {{"lang": "en"}}, got {type(value).__name__}')
+    return parse_filter(value)
+
+
 @router.get("/collections/{name}/items", response_model=ItemPage, responses=ERRORS,
-            summary="List items, page by page, in id order")
+            summary="List items, page by page, in id order (optionally only those a filter matches)")
 async def list_items(
     name: str,
     store: Collections,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Items per page")] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    filter: Annotated[str | None, FILTER_QUERY] = None,
 ) -> ItemPage:
     after = _after(cursor) if cursor else None
+    flt = _query_filter(filter)
     col = await run_in_threadpool(store.get, name)
-    items, last = await run_in_threadpool(col.page, limit, after)
+    items, last = await run_in_threadpool(col.page, limit, after, flt)
     return ItemPage(items=[_item(i) for i in items], next_cursor=_cursor(last) if last is not None else None)
+
+
+@router.get("/collections/{name}/count", response_model=ItemCount, responses=ERRORS,
+            summary="Count items (optionally only those a filter matches)")
+async def count_items(name: str, store: Collections, filter: Annotated[str | None, FILTER_QUERY] = None) -> ItemCount:
+    flt = _query_filter(filter)
+    col = await run_in_threadpool(store.get, name)
+    return ItemCount(collection=name, count=await run_in_threadpool(col.count, flt))
 
 
 @router.post("/collections/{name}/items/get", response_model=ItemsOut,
@@ -243,15 +277,32 @@ async def get_items(name: str, req: ItemIds, store: Collections, settings: AppSe
     return ItemsOut(items=[_item(found[i]) for i in ids if i in found], missing=[i for i in ids if i not in found])
 
 
-@router.post("/collections/{name}/items/delete", response_model=DeletedMany,
-             responses={**ERRORS, 413: {**_ERR, "description": "More ids than MONOLITH_MAX_BATCH"}},
-             summary="Delete many items by id (durable when answered)")
-async def delete_items(name: str, req: ItemIds, store: Collections, settings: AppSettings) -> DeletedMany:
+@router.post(
+    "/collections/{name}/items/delete",
+    response_model=DeletedMany,
+    responses={**ERRORS, 413: {**_ERR, "description": "More ids than MONOLITH_MAX_BATCH"}},
+    summary="Delete many items by id, or every item a filter matches (durable when answered)",
+    description='Send exactly one of `{"ids": [...]}` or `{"filter": {...}}`. By ids the answer lists `deleted` '
+    "and `missing` ids; by filter every matching item is deleted in one transaction, and the answer holds only "
+    "the count (`deleted` and `missing` are null). `deleted_count` is the number deleted either way. An empty "
+    "filter, which would match every item, is a 422.",
+)
+async def delete_items(name: str, req: DeleteRequest, store: Collections, settings: AppSettings) -> DeletedMany:
+    if req.filter is not None:
+        flt = parse_filter(req.filter)
+        if flt is None:
+            raise InvalidInput("filter {} matches every item; give a condition, or delete the collection "
+                               "(DELETE /collections/{name})")
+        col = await run_in_threadpool(store.get, name)
+        count = await run_in_threadpool(col.delete_matching, flt)
+        return DeletedMany(deleted=None, missing=None, deleted_count=count)
+    assert req.ids is not None
     validation.batch_size(len(req.ids), settings.max_batch)
     col = await run_in_threadpool(store.get, name)
     deleted = await run_in_threadpool(col.delete, req.ids)
     gone = set(deleted)
-    return DeletedMany(deleted=deleted, missing=[i for i in dict.fromkeys(req.ids) if i not in gone])
+    return DeletedMany(deleted=deleted, missing=[i for i in dict.fromkeys(req.ids) if i not in gone],
+                       deleted_count=len(deleted))
 
 
 @router.get("/collections/{name}/items/{item_id:path}", response_model=ItemOut, responses=ERRORS,

@@ -16,9 +16,20 @@ from service.collections.vectors import VectorKind
 
 MAX_K = 1000
 
+# Each request model carries one complete, valid body as its example (``json_schema_extra``), so
+# /docs "Try it out" sends a request the server accepts, instead of one Swagger UI assembles from
+# the fields (both 'texts' and 'embeddings', say: a 422). tests/service/test_openapi_examples.py
+# sends every one. Embedding examples would need input_dim floats each, so examples use texts.
+
+FILTER_DESCRIPTION = (
+    'Metadata conditions that must all hold, e.g. {"lang": "en", "year": {"gte": 2020}, "tag": {"in": ["a", "b"]}}; '
+    "operators eq, ne, in, gt, gte, lt, lte (docs/collections.md, Filters, has the whole syntax)"
+)
+
 
 class CollectionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"description": "first sentences of Wikipedia articles", "vectors": "int8"}]})
 
     description: str | None = Field(None, max_length=2000, description="Free text shown by GET")
     index: IndexSpec | None = Field(
@@ -34,7 +45,7 @@ class CollectionCreate(BaseModel):
 
 
 class TrainRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"lists": 16}]})
 
     lists: int | None = Field(None, ge=2, le=65_536, description="Lists to train (default: the collection's)")
 
@@ -88,7 +99,10 @@ class ItemIn(BaseModel):
 
 
 class UpsertRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"items": [
+        {"id": "paris", "text": "Paris is the capital of France.", "metadata": {"lang": "en", "year": 2021}},
+        {"id": "berlin", "text": "Berlin ist die Hauptstadt Deutschlands.", "metadata": {"lang": "de"}},
+    ]}]})
 
     items: list[ItemIn] = Field(min_length=1, description="At most MONOLITH_MAX_BATCH items, distinct ids")
 
@@ -115,6 +129,11 @@ class Deleted(BaseModel):
 MAX_PAGE = 1000
 
 
+class ItemCount(BaseModel):
+    collection: str
+    count: int = Field(description="Items that match the filter (every item without one)")
+
+
 class ItemPage(BaseModel):
     """One page of a listing in id order; pass ``next_cursor`` as ``cursor`` for the next."""
 
@@ -123,9 +142,27 @@ class ItemPage(BaseModel):
 
 
 class ItemIds(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"ids": ["paris", "rome"]}]})
 
     ids: list[str] = Field(min_length=1, description="At most MONOLITH_MAX_BATCH ids")
+
+
+class DeleteRequest(BaseModel):
+    """Exactly one of ``ids`` (those items) or ``filter`` (every item whose metadata match)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"ids": ["paris", "rome"]},
+                                                                              {"filter": {"lang": "de"}}]})
+
+    ids: list[str] | None = Field(None, min_length=1, description="At most MONOLITH_MAX_BATCH ids")
+    filter: dict[str, Any] | None = Field(
+        None, description=f"Delete every item matching it, in one transaction. {FILTER_DESCRIPTION}; "
+        "an empty filter (which would match every item) is a 422: delete the collection instead")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DeleteRequest:
+        if (self.ids is None) == (self.filter is None):
+            raise ValueError("send exactly one of 'ids' or 'filter'")
+        return self
 
 
 class ItemsOut(BaseModel):
@@ -134,8 +171,10 @@ class ItemsOut(BaseModel):
 
 
 class DeletedMany(BaseModel):
-    deleted: list[str] = Field(description="Ids that existed and are now deleted (durable when answered)")
-    missing: list[str] = Field(description="Ids that did not exist")
+    deleted: list[str] | None = Field(
+        description="By ids: the ids that existed and are now deleted (durable when answered); null by filter")
+    missing: list[str] | None = Field(description="By ids: the ids that did not exist; null by filter")
+    deleted_count: int = Field(description="Items deleted (by ids: len(deleted))")
 
 
 class ImportResponse(BaseModel):
@@ -147,7 +186,8 @@ class ImportResponse(BaseModel):
 class SearchRequest(BaseModel):
     """Exactly one of ``texts`` or ``embeddings``; one result list per query."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"texts": ["capital of France"], "k": 5, "filter": {"lang": "en"}}]})
 
     texts: list[str] | None = Field(None, min_length=1)
     embeddings: list[list[float]] | None = Field(None, min_length=1)
@@ -165,9 +205,7 @@ class SearchRequest(BaseModel):
     )
     filter: dict[str, Any] | None = Field(
         None,
-        description='Metadata conditions that must all hold, e.g. {"lang": "en", "year": {"gte": 2020}, '
-        '"tag": {"in": ["a", "b"]}}; operators eq, ne, in, gt, gte, lt, lte on top-level keys. '
-        "Applied before the scan: k hits come back whenever k items match.",
+        description=f"{FILTER_DESCRIPTION}. Applied before the scan: k hits come back whenever k items match.",
         examples=[{"lang": "en", "year": {"gte": 2020}}],
     )
     probe: int | None = Field(

@@ -36,6 +36,7 @@ OPERATIONS: dict[Op, tuple[str, ...]] = {
     ("POST", "/collections/{name}/migrate"): ("migrate",),
     ("POST", "/collections/{name}/items"): ("upsert",),
     ("GET", "/collections/{name}/items"): ("list_items",),
+    ("GET", "/collections/{name}/count"): ("count",),
     ("POST", "/collections/{name}/items/get"): ("get_items",),
     ("POST", "/collections/{name}/items/delete"): ("delete_items",),
     ("GET", "/collections/{name}/items/{item_id}"): ("get_item",),  # sent as items/get: a miss is None
