@@ -178,6 +178,76 @@ def distill(
     Console().print(table)
 
 
+@app.command("fit")
+def fit_command(
+    vectors: Annotated[Path, typer.Argument(help="the collection's rows: float32 .npy [N, 384]")],
+    out: Annotated[Path, typer.Option("--out", help="the fitted checkpoint (.safetensors) to write")],
+    base: Annotated[str | None, typer.Option("--from", help="checkpoint to start from, a path or a shipped name "
+                                             "(default: $MONOLITH_CHECKPOINT or monolith-wiki)")] = None,
+    epochs: Annotated[float | None, typer.Option(help="passes over the training rows (default: the recipe's)")] = None,
+    lr: Annotated[float | None, typer.Option(help="peak learning rate")] = None,
+    parts: Annotated[str | None, typer.Option(help="what moves: all, or decoder_codebooks (encoder kept)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="rows per step")] = None,
+    held_out: Annotated[float | None, typer.Option(help="share of the rows held out to pick the best state")] = None,
+    patience: Annotated[int | None, typer.Option(
+        help="held-out checks without progress before stopping (0: never)")] = None,
+    budget: Annotated[float | None, typer.Option(help="CPU seconds the training may take at most")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch and faiss threads")] = None,
+    min_rows: Annotated[int | None, typer.Option(help="override the measured minimum of rows (at your risk)")] = None,
+    baselines: Annotated[list[str] | None, typer.Option(
+        "--baselines", help="faiss index_factory strings fitted on the same rows for the report; repeatable "
+        "(default: OPQ4,PQ4 and LSQ4x8; 'none': none)")] = None,
+    json_out: Annotated[Path | None, typer.Option(help="also write the fit report and the table rows as JSON")] = None,
+) -> None:
+    """Fit a checkpoint's codes to one collection: fine-tune it on the rows (a held-out share picks
+    the best state), print the fair report on the held-out rows next to faiss fitted on the same
+    training rows, and write a checkpoint that MONOLITH_CHECKPOINT=OUT serves."""
+    from pydantic import ValidationError
+
+    from trainer.data import load_embeddings
+    from trainer.evaluate import baseline_method, fit_baselines, monolith_method, quality_report, split_queries
+    from trainer.fit import FitError, FitRecipe, fit, save_fitted, split_rows
+    from vqvae.api import Monolith
+    from vqvae.baselines import BaselineError
+    from vqvae.checkpoint import CheckpointError
+
+    given = {"epochs": epochs, "lr": lr, "parts": parts, "batch_size": batch_size, "held_out": held_out,
+             "patience": patience, "budget_seconds": budget, "threads": threads, "min_rows": min_rows}
+    specs = [] if baselines == ["none"] else list(dict.fromkeys(baselines or ["OPQ4,PQ4", "LSQ4x8"]))
+    try:
+        recipe = FitRecipe.model_validate({k: v for k, v in given.items() if v is not None})
+        generic = Monolith.load(base)
+        x = load_embeddings(vectors, generic.config.input_dim)
+        console.print(f"fitting {generic.checkpoint.path.name} to {len(x):,} rows of {vectors}")
+        adapted, report = fit(generic, x, recipe, progress=True)
+        tr, va = split_rows(len(x), recipe)
+        fitted = fit_baselines(specs, np.ascontiguousarray(x[tr]), progress=True) if specs else []
+        save_fitted(adapted, out)
+        Monolith.load(out)  # what serving will do: the file loads and verifies
+    except (ValidationError, FitError, CheckpointError, BaselineError, ValueError, OSError) as exc:
+        fail(str(exc))
+    methods = [monolith_method("generic", generic), monolith_method("adapted", adapted),
+               *[baseline_method(b) for b in fitted]]
+    rows = quality_report(methods, [split_queries("held-out", x[va], min(1000, len(va) // 5), seed=recipe.seed)])
+    seconds = {"adapted": report.fit_seconds, **{b.spec: b.fit_seconds for b in fitted}}
+    for r in rows:
+        r["fit_seconds"] = seconds.get(str(r["method"]))
+    print_report(rows)
+    table = Table("method", "fit on", "fit seconds", title="fit time, this process")
+    for name, sec in seconds.items():
+        table.add_row(name, f"{report.train_rows:,}", f"{sec:.1f}")
+    Console().print(table)
+    typer.echo(f"{report.stopped}: best held-out check at step {report.best_step} of {report.steps}"
+               f"{' (the start: generic weights kept)' if report.kept_generic else ''}; wrote {out} "
+               f"(serve it with MONOLITH_CHECKPOINT={out})")
+    if json_out:
+        try:
+            json_out.write_text(json.dumps({"report": report.model_dump(mode="json"), "rows": rows}, indent=2,
+                                           default=float))
+        except OSError as exc:
+            fail(str(exc))
+
+
 @app.command()
 def encode(
     source: Annotated[Path, typer.Argument(help="float .npy [N, 384] (memory-mapped) or .parquet (with --column)")],

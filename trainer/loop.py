@@ -35,17 +35,28 @@ log = logging.getLogger(__name__)
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, progress: bool = True) -> None:
+    """The loop over ``cfg``. ``model`` starts from given weights (fine-tuning, ``trainer.fit``) instead
+    of a fresh model; its config must be ``cfg.model``. ``data`` gives the (train, val) rows in memory
+    instead of ``cfg.data``'s files. Subclasses may end a run early through :meth:`should_stop`."""
+
+    def __init__(self, cfg: TrainConfig, progress: bool = True, model: torch.nn.Module | None = None,
+                 data: tuple[np.ndarray, np.ndarray | None] | None = None) -> None:
         self.cfg = cfg
         self.progress = progress
         self.dist = init_from_env()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        self.x = load_matrix(cfg.data.train, cfg.model.input_dim)
-        main_val = cfg.data.val and self.dist.is_main  # only rank 0 validates
-        self.val = load_matrix(cfg.data.val, cfg.model.input_dim, cfg.data.max_val) if main_val else None
-        self.model = build_model(cfg.model)
+        if data is not None:
+            self.x, val = data
+            self.val = val if self.dist.is_main else None
+        else:
+            self.x = load_matrix(cfg.data.train, cfg.model.input_dim)
+            main_val = cfg.data.val and self.dist.is_main  # only rank 0 validates
+            self.val = load_matrix(cfg.data.val, cfg.model.input_dim, cfg.data.max_val) if main_val else None
+        if model is not None and getattr(model, "config", None) != cfg.model:
+            raise ValueError("the model to start from is not the architecture cfg.model describes")
+        self.model = model if model is not None else build_model(cfg.model)
         bs = min(cfg.optim.batch_size, len(self.x))
         self.batch_size = bs
         self.codebooks = CodebookKeeper(self.model, cfg.quantizer, bs, self.dist) if self.model.produces_codes else None
@@ -234,8 +245,14 @@ class Trainer:
                 self._report(bar, self.validate())
             if self.step % self.cfg.checkpoint_every == 0 or self.step == self.total_steps:
                 self.save_resumable()
+            if self.should_stop():
+                break
         bar.close()
         return self._finish(values)
+
+    def should_stop(self) -> bool:
+        """Whether to end the run before ``total_steps`` (checked after every step); never, here."""
+        return False
 
     def _report(self, bar: tqdm, report: dict[str, Any] | None) -> None:
         if report:
