@@ -32,8 +32,9 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import torch
 
+from service.drift import DriftWatch
 from vqvae.api import Monolith
-from vqvae.drift import reconstruction_cosines
+from vqvae.drift import CodeDrift, reconstruction_cosines
 from vqvae.health import count_codes
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,11 @@ BULK_CHUNK_ROWS = 8192
 # for a descheduled peer (measured on 2 cores: 1 row 30 ms with 2 threads, 0.6 ms with 1).
 SMALL_BATCH_ROWS = 256
 # Rows per encode pass whose reconstruction cosine is measured (decoded once more), for the
-# drift check of /codebook/health (vqvae.drift): a sample, so the cost stays negligible.
-FIDELITY_ROWS = 64
+# drift check (vqvae.drift, service.drift): every row of a pass up to this many, else this many
+# spread evenly through the whole pass, so one bulk request of a few thousand rows is judged on
+# its own (the cosine is judged from 256). Decoding 512 rows costs a few ms beside the seconds an
+# encode pass of thousands takes.
+FIDELITY_ROWS = 512
 
 
 class Overloaded(RuntimeError):
@@ -225,6 +229,7 @@ class MicroBatcher:
         self.traffic_counts = np.zeros((cfg.num_heads, cfg.codebook_size), dtype=np.int64)
         self.counts_lock = threading.Lock()
         self.cosine_sum, self.cosine_rows = 0.0, 0  # sampled cos(x, decode(codes)), under counts_lock
+        self.drift = DriftWatch(monolith, metrics)  # re-judged after every encode pass
         self._own_executor = executor is None
         self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="monolith-model")
         self.pending = 0
@@ -355,12 +360,13 @@ class MicroBatcher:
         codes = self.monolith.encode(x)
         self._observe("encode", len(x))
         counts = count_codes(codes, self.monolith.config.codebook_size)
-        sample = slice(None, None, max(1, len(x) // FIDELITY_ROWS))
+        sample = fidelity_sample(len(x))
         cosines = reconstruction_cosines(x[sample], self.monolith.decode(codes[sample])) if len(x) else np.zeros(0)
         with self.counts_lock:
             self.traffic_counts += counts
             self.cosine_sum += float(cosines.sum())
             self.cosine_rows += len(cosines)
+        self.drift.check(self.snapshot_traffic)  # logs and sets the metrics when the status changes
         if self.metrics is not None:
             self.metrics.vectors_encoded.inc(len(codes))
         return codes
@@ -391,6 +397,18 @@ class MicroBatcher:
         """Counts, and the sum and number of sampled reconstruction cosines, taken together."""
         with self.counts_lock:
             return self.traffic_counts.copy(), self.cosine_sum, self.cosine_rows
+
+    def traffic_drift(self) -> tuple[np.ndarray, CodeDrift | None]:
+        """The traffic counts and their drift from the checkpoint's reference, judged now (None
+        where the checkpoint stores nothing to compare with)."""
+        return self.drift.check(self.snapshot_traffic)
+
+
+def fidelity_sample(rows: int, limit: int = FIDELITY_ROWS) -> np.ndarray:
+    """Indices of at most ``limit`` rows spread evenly over ``rows`` (all of them when fewer)."""
+    if rows <= limit:
+        return np.arange(rows)
+    return np.arange(limit) * rows // limit
 
 
 def _join_texts(parts: list[list[str]]) -> list[str]:

@@ -13,6 +13,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.routing import BaseRoute, Match
 
+from vqvae.drift import CodeDrift, DriftStatus
 from vqvae.health import CodebookHealth
 
 Scope = MutableMapping[str, Any]
@@ -24,6 +25,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 UNMATCHED = "unmatched"
+DRIFT_STATUSES: tuple[DriftStatus, ...] = ("ok", "drifted", "insufficient_data")
 
 
 class ServiceMetrics:
@@ -64,6 +66,36 @@ class ServiceMetrics:
             "monolith_code_normalized_entropy", "Entropy of served codes over log2(codebook size), per head",
             ["head"], registry=r,
         )
+        # Drift of served traffic from the checkpoint's reference (service.drift), kept current
+        # after every encode pass; absent where the checkpoint stores nothing to compare with.
+        self.drift_status = Gauge(
+            "monolith_drift_status", "1 for the current drift status of served traffic against the checkpoint's "
+            "reference (ok, drifted, insufficient_data), 0 for the others", ["status"], registry=r,
+        )
+        self.drift_transitions = Counter(
+            "monolith_drift_transitions", "Changes of the drift status, by the status entered", ["status"],
+            registry=r,
+        )
+        self.drift_cosine = Gauge(
+            "monolith_drift_reconstruction_cosine",
+            "Mean reconstruction cosine of sampled served traffic (NaN until measured)", registry=r,
+        )
+        self.drift_js = Gauge(
+            "monolith_drift_js_divergence_bits",
+            "Mean Jensen-Shannon divergence of served code usage from the reference, bits (NaN until counted)",
+            registry=r,
+        )
+
+    def set_drift_status(self, status: DriftStatus) -> None:
+        for s in DRIFT_STATUSES:
+            self.drift_status.labels(s).set(1 if s == status else 0)
+
+    def set_drift(self, drift: CodeDrift) -> None:
+        """Copy a drift judgement (``vqvae.drift.code_drift``) into the gauges."""
+        self.set_drift_status(drift.status)
+        nan = float("nan")
+        self.drift_cosine.set(nan if drift.reconstruction_cosine is None else drift.reconstruction_cosine)
+        self.drift_js.set(nan if drift.js_divergence is None else drift.js_divergence)
 
     def set_codebook(self, health: CodebookHealth) -> None:
         """Copy per-head statistics (computed by ``vqvae.health``) into the gauges."""

@@ -2,9 +2,10 @@
 
 ``source=traffic`` counts every code this server assigned since it started (the batcher
 keeps them); ``source=reference`` is the checkpoint's stored evaluation-set counts. The
-statistics are ``vqvae.health.codebook_health``'s, and for traffic ``vqvae.drift.code_drift``
-says how far its usage is from the reference's (another embedding model or domain shows up
-there first); nothing is recomputed here. The traffic plot draws the reference beside it.
+statistics are ``vqvae.health.codebook_health``'s, and for traffic ``drift`` is
+``vqvae.drift.code_drift``'s judgement of it against the checkpoint's reference, made by the
+batcher's ``service.drift.DriftWatch`` (which also logs and counts its changes); nothing is
+recomputed here. The traffic plot draws the reference beside it.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from fastapi import APIRouter, Query, Response
 
 from service.batcher import MicroBatcher
 from service.deps import Batcher, State
+from service.drift import BadReferenceCounts, stored_reference_counts
 from service.errors import NoReferenceCounts
 from service.plots import MEDIA_TYPES, PlotFormat, rank_frequency_plot
 from service.routes.codec import ERRORS
 from service.schemas import CodebookHealthResponse, HealthSource
 from service.state import ServiceState
-from vqvae.drift import CodeDrift, code_drift
 from vqvae.health import codebook_health
 
 log = logging.getLogger(__name__)
@@ -50,21 +51,13 @@ def reference_or_none(batcher: MicroBatcher) -> np.ndarray | None:
 
 
 def reference_counts(batcher: MicroBatcher) -> np.ndarray:
-    cfg = batcher.monolith.config
-    raw = batcher.monolith.metadata.get("reference_counts")
-    if raw is None:
-        raise NoReferenceCounts("this checkpoint stores no reference_counts; use ?source=traffic")
     try:
-        counts = np.asarray(raw, dtype=np.int64)
-    except (TypeError, ValueError, OverflowError):
-        counts = np.zeros(0)
-    if counts.shape != (cfg.num_heads, cfg.codebook_size) or (counts < 0).any():
-        log.warning("checkpoint reference_counts have shape %s, expected %s",
-                    list(counts.shape), [cfg.num_heads, cfg.codebook_size])
-        raise NoReferenceCounts(
-            f"this checkpoint's reference_counts are not non-negative counts of shape "
-            f"[{cfg.num_heads}, {cfg.codebook_size}]; use ?source=traffic"
-        )
+        counts = stored_reference_counts(batcher.monolith)
+    except BadReferenceCounts as exc:
+        log.warning("%s", exc)
+        raise NoReferenceCounts(f"{exc}; use ?source=traffic") from exc
+    if counts is None:
+        raise NoReferenceCounts("this checkpoint stores no reference_counts; use ?source=traffic")
     return counts
 
 
@@ -77,21 +70,8 @@ def reference_counts(batcher: MicroBatcher) -> np.ndarray:
 async def health(batcher: Batcher, source: HealthSource = SourceQuery) -> CodebookHealthResponse:
     if source == "reference":
         return CodebookHealthResponse(**codebook_health(reference_counts(batcher)).model_dump(), source=source)
-    counts, cosine_sum, cosine_rows = batcher.snapshot_traffic()
-    return CodebookHealthResponse(**codebook_health(counts).model_dump(), source=source,
-                                  drift=traffic_drift(batcher, counts, cosine_sum, cosine_rows))
-
-
-def traffic_drift(batcher: MicroBatcher, counts: np.ndarray, cosine_sum: float, cosine_rows: int) -> CodeDrift | None:
-    """How far traffic is from the checkpoint's reference; None where it stores neither counts nor a cosine."""
-    reference = reference_or_none(batcher)
-    cosine = batcher.monolith.metadata.get("metrics", {})
-    cosine = cosine.get("cosine") if isinstance(cosine, dict) else None
-    reference_cosine = float(cosine) if isinstance(cosine, int | float) and 0 < cosine <= 1 else None
-    if reference is None and reference_cosine is None:
-        return None
-    return code_drift(counts, reference, cosine_sum=cosine_sum, cosine_vectors=cosine_rows,
-                      reference_cosine=reference_cosine)
+    counts, drift = batcher.traffic_drift()  # judged now; a change of status is logged and counted
+    return CodebookHealthResponse(**codebook_health(counts).model_dump(), source=source, drift=drift)
 
 
 async def _plot(state: ServiceState, batcher: MicroBatcher, source: HealthSource, fmt: PlotFormat) -> Response:
