@@ -5,7 +5,8 @@ Builds one collection (random codes under the checkpoint's codebooks, metadata
 in a temporary data dir, then times ``Collection.search`` (what the server runs, minus HTTP and
 query encoding) for single queries, k=10, ADC only and with 100 re-ranked candidates:
 
-* unfiltered, then filters of decreasing selectivity; ``matches`` is how many items pass;
+* unfiltered, then filters of decreasing selectivity, then ``$or`` / ``$not`` combinations (the
+  percentages are those at 1M items); ``matches`` is how many items pass;
 * ``build s``: the one-time cost of the first filter on a key (its column is read from SQLite).
 
 Cells are measured round-robin (``--rounds``), so load from other work on a shared machine
@@ -34,6 +35,10 @@ FILTERS: list[tuple[str, dict | None]] = [
     ("year ≥ 2020 (6.7%)", {"year": {"gte": 2020}}),
     ("lang = en (20%)", {"lang": "en"}),
     ("lang ≠ en (80%)", {"lang": {"ne": "en"}}),
+    ("$or tag=t7 | ts<2000 (0.3%)", {"$or": [{"tag": "t7"}, {"ts": {"lt": 2000}}]}),
+    ("$or en | de | yr≥2020 (44%)", {"$or": [{"lang": "en"}, {"lang": "de"}, {"year": {"gte": 2020}}]}),
+    ("de & $not yr≥2020 (18.7%)", {"lang": "de", "$not": {"year": {"gte": 2020}}}),
+    ("$not lang = en (80%)", {"$not": {"lang": "en"}}),
 ]
 
 

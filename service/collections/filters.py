@@ -1,16 +1,31 @@
 """Metadata filters on search: parse a filter, and evaluate it to the rows it matches.
 
-A filter is a JSON object; every condition must hold (docs/collections.md):
+A filter is a JSON object (docs/collections.md, Filters); every entry of it must hold:
 
 * ``{"key": value}`` — equality (``{"key": {"eq": value}}`` spelled short);
 * ``{"key": {"op": value, ...}}`` with ``op`` one of :data:`OPERATORS`: ``eq``, ``ne``, ``in``
-  (a list of values), ``gt``, ``gte``, ``lt``, ``lte`` (a number, or a string compared as text).
+  (a list of values), ``gt``, ``gte``, ``lt``, ``lte`` (a number, or a string compared as text);
+* ``{"$and": [filter, ...]}``, ``{"$or": [filter, ...]}`` (non-empty lists of filter objects)
+  and ``{"$not": filter}`` (one filter object), nested at most :data:`MAX_DEPTH` deep, with at
+  most :data:`MAX_CONDITIONS` conditions in all. Any other key starting with ``$`` is refused.
 
 Keys are top-level metadata keys. Equality is JSON equality (``1`` equals ``1.0``; ``true`` is
 not ``1``); a list value matches a condition when the list itself or any of its elements does
 (``{"tags": "a"}`` matches ``"tags": ["a", "b"]``); ranges compare numbers with numbers and
 strings with strings, never across types; an item without the key matches only ``ne``, which
-is exactly "not ``eq``".
+is exactly "not ``eq``". ``$not`` is the complement: ``{"$not": {"k": 1}}`` matches every item
+``{"k": 1}`` does not, items without ``k`` included (the same rows as ``{"k": {"ne": 1}}``).
+
+Two mistakes that used to match nothing, silently, are refused (``InvalidFilter``, a 422) when
+the filter is evaluated, since they depend on what the collection holds (:meth:`MetadataColumns.check`):
+
+* a range whose bound is a string on a key that holds no strings (only numbers, say), or a
+  number on a key that holds no numbers; a key holding both compares like with like;
+* a condition that only items holding its key can meet (``eq``, ``in``, ranges; ``ne`` under an
+  odd number of ``$not``) on a key that no item of a non-empty collection holds (a misspelt key);
+  the message lists keys the items do hold. ``ne`` on such a key (or ``$not`` of ``eq``) matches
+  every item, as before, so ``{"archived": {"ne": true}}`` works before the first item is archived.
+  An empty collection matches nothing, without an error.
 
 The filter is evaluated **before** the ADC scan: :meth:`MetadataColumns.mask` gives the rows
 (slots) it matches and the search scores only those (``CodeIndex.search(rows=mask)``), so k
@@ -19,19 +34,21 @@ To make that cheap at a million items, each key that a filter has used is held i
 dictionary-encoded column: an int32 per row naming the row's value in the key's vocabulary of
 distinct values (-1: no such key). A condition is decided once per distinct value and then
 spread over the rows with one vectorised look-up, so the cost is a pass over 4 bytes per row
-per condition, whatever the values are. A column is built from SQLite (``json_extract``, in C)
-the first time a filter names its key, and kept current on every upsert and delete; it is
+per condition, whatever the values are; ``$and``, ``$or`` and ``$not`` combine the conditions'
+masks (one more pass over 1 byte per row each). A column is built from SQLite (``json_extract``,
+in C) the first time a filter names its key, and kept current on every upsert and delete; it is
 dropped (and rebuilt on next use) when the collection reloads its index from the file.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import math
 import sqlite3
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,10 +60,14 @@ log = logging.getLogger(__name__)
 
 OPERATORS: tuple[str, ...] = ("eq", "ne", "in", "gt", "gte", "lt", "lte")
 RANGE_OPERATORS = ("gt", "gte", "lt", "lte")
-MAX_CONDITIONS = 64
+LOGICAL: tuple[str, ...] = ("$and", "$or", "$not")
+MAX_CONDITIONS = 64  # conditions in the whole filter, however nested
+MAX_DEPTH = 8  # $and / $or / $not inside one another
 MAX_IN_VALUES = 10_000
 FEW_VALUES = 16  # up to this many values are compared one by one rather than gathered
+KEYS_SAMPLE = 10_000  # items whose keys a "no item has key" message reads
 _VALID = ", ".join(OPERATORS)
+_LOGICAL = ", ".join(LOGICAL)
 
 Canon = Hashable  # a JSON value in hashable form (see ``canon``)
 
@@ -84,13 +105,35 @@ class Condition:
 
 @dataclass(frozen=True)
 class Filter:
-    """A parsed filter: conditions that must all hold."""
+    """A parsed filter: its ``parts`` (conditions and nested filters) combined by ``op``:
+    ``"and"`` (all hold; a filter object's entries, and ``$and``), ``"or"`` (one holds) or
+    ``"not"`` (its single part does not hold)."""
 
-    conditions: tuple[Condition, ...]
+    parts: tuple[Condition | Filter, ...]
+    op: str = "and"
+
+    @property
+    def conditions(self) -> tuple[Condition, ...]:
+        """Every condition, however nested, in the order written."""
+        return tuple(c for c, _ in self._leaves(False))
 
     @property
     def keys(self) -> list[str]:
         return list(dict.fromkeys(c.key for c in self.conditions))
+
+    @property
+    def required_keys(self) -> list[str]:
+        """Keys with a condition only an item holding the key can meet: ``eq``, ``in`` and
+        ranges, or ``ne`` negated (an odd number of ``$not`` above it)."""
+        return list(dict.fromkeys(c.key for c, negated in self._leaves(False) if (c.op == "ne") == negated))
+
+    def _leaves(self, negated: bool) -> Iterator[tuple[Condition, bool]]:
+        negated ^= self.op == "not"
+        for part in self.parts:
+            if isinstance(part, Filter):
+                yield from part._leaves(negated)
+            else:
+                yield part, negated
 
 
 def parse_filter(raw: Any) -> Filter | None:
@@ -102,21 +145,65 @@ def parse_filter(raw: Any) -> Filter | None:
         raise InvalidFilter(
             f"filter must be a JSON object of metadata key → value or {{operator: value}}, got {type(raw).__name__}"
         )
-    conditions: list[Condition] = []
+    if not raw:
+        return None
+    return _parse_object(raw, "filter", 0, [0])
+
+
+def _parse_object(raw: dict[str, Any], where: str, depth: int, count: list[int]) -> Filter:
+    """One filter object (non-empty): its entries, all of which must hold. ``count``: the
+    conditions parsed so far in the whole filter, in a list so nested calls share it."""
+    parts: list[Condition | Filter] = []
     for key, spec in raw.items():
-        if not isinstance(spec, dict):
-            conditions.append(Condition(key, "eq", canon(spec)))
+        if isinstance(key, str) and key.startswith("$"):
+            parts.append(_logical(key, spec, where, depth, count))
             continue
-        if not spec:
+        if not isinstance(spec, dict):
+            conds = [Condition(key, "eq", canon(spec))]
+        elif not spec:
             raise InvalidFilter(
                 f"filter[{key!r}] is an empty object; give operators ({_VALID}), or {{\"eq\": {{}}}} "
                 "to match an empty object"
             )
-        for op, value in spec.items():
-            conditions.append(_condition(key, op, value))
-    if len(conditions) > MAX_CONDITIONS:
-        raise InvalidFilter(f"filter has {len(conditions)} conditions, more than {MAX_CONDITIONS}")
-    return Filter(tuple(conditions)) if conditions else None
+        else:
+            conds = [_condition(key, op, value) for op, value in spec.items()]
+        count[0] += len(conds)
+        if count[0] > MAX_CONDITIONS:
+            raise InvalidFilter(f"filter has more than {MAX_CONDITIONS} conditions")
+        parts += conds
+    return Filter(tuple(parts))
+
+
+def _logical(key: str, spec: Any, where: str, depth: int, count: list[int]) -> Filter:
+    """``$and`` / ``$or`` (a list of filter objects) or ``$not`` (one), at ``where``."""
+    if key not in LOGICAL:
+        raise InvalidFilter(
+            f"unknown filter operator {key!r} in {where}; the operators combining filters are {_LOGICAL} "
+            f"(keys starting with '$' are read as these, not as metadata keys); conditions on a key take {_VALID}"
+        )
+    here = f"{where}.{key}"
+    if depth + 1 > MAX_DEPTH:
+        raise InvalidFilter(f"filter nests {_LOGICAL} more than {MAX_DEPTH} deep (at {here}); flatten it")
+    if key == "$not":
+        if not isinstance(spec, dict) or not spec:
+            got = "an empty object" if isinstance(spec, dict) else type(spec).__name__
+            raise InvalidFilter(f"{here} needs one non-empty filter object (to negate several, "
+                                f'{{"$not": {{"$or": [...]}}}}), got {got}')
+        return Filter((_parse_object(spec, here, depth + 1, count),), "not")
+    if not isinstance(spec, list) or not spec:
+        got = "an empty list" if isinstance(spec, list) else type(spec).__name__
+        raise InvalidFilter(f'{here} needs a non-empty list of filter objects, e.g. [{{"lang": "en"}}, '
+                            f'{{"year": {{"gte": 2020}}}}], got {got}')
+    if len(spec) > MAX_CONDITIONS:
+        raise InvalidFilter(f"{here} has {len(spec)} filters, more than the {MAX_CONDITIONS} conditions "
+                            "a filter may hold")
+    parts: list[Condition | Filter] = []
+    for i, sub in enumerate(spec):
+        if not isinstance(sub, dict) or not sub:
+            got = "an empty object (which matches every item)" if isinstance(sub, dict) else type(sub).__name__
+            raise InvalidFilter(f"{here}[{i}] must be a filter object with at least one condition, got {got}")
+        parts.append(_parse_object(sub, f"{here}[{i}]", depth + 1, count))
+    return Filter(tuple(parts), "and" if key == "$and" else "or")
 
 
 def _condition(key: str, op: str, value: Any) -> Condition:
@@ -161,6 +248,8 @@ class _Column:
         # on this key, so that a range over many distinct numbers (timestamps) is one compare
         # per row instead of a gather; then kept up to date. None until then.
         self.numbers: np.ndarray | None = None
+        self.n_numbers = 0  # distinct numbers in the vocabulary (what a range's type check reads)
+        self.held: tuple[int, bool] | None = None  # (write count, does some row hold the key)
 
     def vid(self, value: Canon) -> int:
         found = self.ids.get(value)
@@ -175,6 +264,7 @@ class _Column:
                     grow = max(len(self._num), found + 1 - len(self._num))
                     self._num = np.concatenate([self._num, np.full(grow, np.nan)])
                 self._num[found] = _as_float(value)
+                self.n_numbers += 1
             elif value[0] == "l":  # its elements are values too, so "any element" is a vid look-up
                 self._lists["list_ids"].append(found)
                 for elem in value[1]:
@@ -205,6 +295,17 @@ class _Column:
     @property
     def has_lists(self) -> bool:
         return bool(self._lists["list_ids"])
+
+    @property
+    def n_strings(self) -> int:
+        return len(self._strs)
+
+    def kinds(self) -> list[str]:
+        """What kinds of JSON value the vocabulary holds (list elements included), for messages."""
+        names = {"z": "nulls", "b": "booleans", "l": "lists", "o": "objects"}
+        found = {"strings" if isinstance(v, str) else names[v[0]] if isinstance(v, tuple) else "numbers"
+                 for v in self.ids}
+        return sorted(found)
 
     def number_rows(self, n: int) -> np.ndarray:
         if self.numbers is None:
@@ -260,6 +361,7 @@ class MetadataColumns:
     def __init__(self) -> None:
         self._cols: dict[str, _Column] = {}
         self._n = 0
+        self._writes = 0  # bumped by every change of rows, so cached per-column facts know they are stale
 
     def __len__(self) -> int:
         return self._n
@@ -277,6 +379,7 @@ class MetadataColumns:
         """Forget every column (the index was rebuilt); columns are built again on next use."""
         self._cols.clear()
         self._n = n
+        self._writes += 1
 
     # ---- building and maintenance ----------------------------------------------------------
 
@@ -308,6 +411,7 @@ class MetadataColumns:
     def add(self, metas: Sequence[str | dict[str, Any] | None]) -> None:
         """Rows appended at the end of the index, with their metadata (JSON text or dicts)."""
         start, self._n = self._n, self._n + len(metas)
+        self._writes += 1
         for col in self._cols.values():
             col.grow(self._n)
         if self._cols:
@@ -315,11 +419,13 @@ class MetadataColumns:
 
     def replace(self, rows: Sequence[int], metas: Sequence[str | dict[str, Any] | None]) -> None:
         """Existing rows whose metadata was replaced."""
+        self._writes += 1
         if self._cols:
             self._set(list(rows), metas)
 
     def remove(self, removed: int, moves: Sequence[tuple[int, int]]) -> None:
         """Rows deleted by ``vqvae.search.swap_remove_plan``'s moves, applied in their order."""
+        self._writes += 1
         for col in self._cols.values():
             for arr in (col.vids, col.numbers):
                 if arr is not None:
@@ -330,19 +436,53 @@ class MetadataColumns:
 
     # ---- evaluation ------------------------------------------------------------------------
 
-    def mask(self, flt: Filter, conn: sqlite3.Connection) -> np.ndarray:
-        """bool [n]: True for the rows where every condition of ``flt`` holds."""
+    def check(self, flt: Filter, conn: sqlite3.Connection) -> None:
+        """Build the columns ``flt`` needs, and refuse (``InvalidFilter``) what the collection
+        shows to be a mistake: a required key (:attr:`Filter.required_keys`) that no item holds,
+        in a collection with items; a range bound of a type the key holds none of."""
         self.ensure(flt.keys, conn)
-        mask: np.ndarray | None = None
-        for cond in flt.conditions:
-            m = self._mask(self._cols[cond.key], cond)
-            mask = m if mask is None else np.logical_and(mask, m, out=mask)
-        assert mask is not None
-        return mask
+        if self._n:
+            for key in flt.required_keys:
+                if not self._held(self._cols[key]):
+                    if self._cols[key].size == 0:  # nothing to keep current: a typo must not cost memory
+                        del self._cols[key]
+                    raise InvalidFilter(_unknown_key(key, conn, [k for k, c in self._cols.items()
+                                                                 if c.size and self._held(c)]))
+            for cond in flt.conditions:
+                if cond.op in RANGE_OPERATORS:
+                    _check_range(self._cols[cond.key], cond)
+
+    def _held(self, col: _Column) -> bool:
+        """Does some row hold the column's key? (One pass over the column per write, cached.)"""
+        if col.size == 0:
+            return False
+        if col.held is None or col.held[0] != self._writes:
+            col.held = (self._writes, bool(np.any(col.vids[: self._n] != -1)))
+        return col.held[1]
+
+    def mask(self, flt: Filter, conn: sqlite3.Connection) -> np.ndarray:
+        """bool [n]: True for the rows ``flt`` matches. Raises ``InvalidFilter`` (see :meth:`check`)."""
+        self.check(flt, conn)
+        return self._eval(flt)
 
     def rows(self, flt: Filter, conn: sqlite3.Connection) -> np.ndarray:
-        """The rows (ascending int64) where every condition of ``flt`` holds."""
+        """The rows (ascending int64) that ``flt`` matches."""
         return np.flatnonzero(self.mask(flt, conn))
+
+    def _eval(self, node: Filter | Condition) -> np.ndarray:
+        """A fresh bool [n] mask of ``node`` (each part's mask is new, so combined in place)."""
+        if isinstance(node, Condition):
+            return self._mask(self._cols[node.key], node)
+        if node.op == "not":
+            m = self._eval(node.parts[0])
+            return np.logical_not(m, out=m)
+        combine = np.logical_and if node.op == "and" else np.logical_or
+        mask: np.ndarray | None = None
+        for part in node.parts:
+            m = self._eval(part)
+            mask = m if mask is None else combine(mask, m, out=mask)
+        assert mask is not None
+        return mask
 
     def _mask(self, col: _Column, cond: Condition) -> np.ndarray:
         """The rows' mask, by the cheapest route. The condition is decided once per distinct
@@ -407,6 +547,49 @@ class MetadataColumns:
             owners, elems = col.array("owners"), col.array("elems")
             direct[owners[direct[elems]]] = True
         return direct
+
+
+def _check_range(col: _Column, cond: Condition) -> None:
+    """A range bound of a type the key holds none of (while it holds something) is a mistake."""
+    is_str = isinstance(cond.value, str)
+    if (col.n_strings if is_str else col.n_numbers) or col.size == 0:
+        return
+    kinds = col.kinds()
+    hint = ""
+    if is_str and "numbers" in kinds:
+        try:
+            number = float(cond.value)
+            if math.isfinite(number):
+                as_json = json.dumps(int(number) if number.is_integer() else number)
+                hint = f'; send the number: {{"{cond.op}": {as_json}}}'
+        except ValueError:
+            pass
+    elif not is_str and "strings" in kinds:
+        hint = f'; send a string to compare as text: {{"{cond.op}": {json.dumps(str(cond.value))}}}'
+    got = f"the string {json.dumps(cond.value)[:80]}" if is_str else f"the number {cond.value}"
+    raise InvalidFilter(
+        f"filter[{cond.key!r}].{cond.op}: {cond.key!r} holds {' and '.join(kinds)}, no "
+        f"{'strings' if is_str else 'numbers'}; {cond.op!r} got {got} (ranges compare numbers with numbers "
+        f"and strings with strings){hint}")
+
+
+def _unknown_key(key: str, conn: sqlite3.Connection, held: list[str]) -> str:
+    """The message for a filter on a key no item holds: keys the items do hold (those of the
+    first KEYS_SAMPLE items with metadata, and of the columns held), and the closest of them."""
+    seen = set(held)
+    try:
+        seen.update(k for (k,) in conn.execute(
+            "SELECT DISTINCT j.key FROM (SELECT metadata FROM items WHERE metadata IS NOT NULL AND "
+            "json_valid(metadata) AND json_type(metadata) = 'object' LIMIT ?) AS i, json_each(i.metadata) AS j",
+            (KEYS_SAMPLE,)))
+    except sqlite3.Error:  # an SQLite without JSON: the columns' keys only
+        pass
+    keys = sorted(k for k in seen if isinstance(k, str))
+    close = difflib.get_close_matches(key, keys, n=1)
+    listed = ", ".join(map(repr, keys[:10])) + (f" and {len(keys) - 10} more" if len(keys) > 10 else "")
+    return (f"no item of this collection has metadata key {key!r}, so filter[{key!r}] can match nothing"
+            + (f"; did you mean {close[0]!r}?" if close else "")
+            + (f"; keys the items hold: {listed}" if keys else "; no item has metadata"))
 
 
 def _parse(raw: str) -> Canon:

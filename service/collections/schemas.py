@@ -23,7 +23,10 @@ MAX_K = 1000
 
 FILTER_DESCRIPTION = (
     'Metadata conditions that must all hold, e.g. {"lang": "en", "year": {"gte": 2020}, "tag": {"in": ["a", "b"]}}; '
-    "operators eq, ne, in, gt, gte, lt, lte (docs/collections.md, Filters, has the whole syntax)"
+    "operators eq, ne, in, gt, gte, lt, lte; combine filters with $and and $or (lists of filters) and $not "
+    '(one filter), e.g. {"$or": [{"lang": "en"}, {"$not": {"year": {"lt": 2000}}}]}, nested at most 8 deep. '
+    "A range bound of a type the key never holds, or a condition on a key no item holds, is a 422 "
+    "(docs/collections.md, Filters, has the whole syntax)"
 )
 
 

@@ -58,8 +58,9 @@ def test_filters_return_exactly_the_best_matching_items(filled: TestClient) -> N
         assert [h["score"] for h in row] == sorted((h["score"] for h in row), reverse=True)
 
 
-def test_filter_on_a_missing_key_or_value_matches_nothing(filled: TestClient) -> None:
-    assert search(filled, filter={"nope": 1}) == [[], []]
+def test_filter_on_a_missing_key_is_422_and_on_a_missing_value_matches_nothing(filled: TestClient) -> None:
+    resp = filled.post("/collections/docs/search", json={"texts": ["x"], "filter": {"nope": 1}})
+    assert resp.status_code == 422 and "no item of this collection has metadata key 'nope'" in resp.json()["detail"]
     assert search(filled, filter={"lang": "xx"}) == [[], []]
     assert len(search(filled, filter={"nope": {"ne": 1}}, k=5)[0]) == 5  # ne also holds where the key is absent
 
@@ -175,7 +176,7 @@ def test_get_many_in_request_order_with_missing(filled: TestClient) -> None:
 
 def test_delete_many(filled: TestClient) -> None:
     resp = filled.post("/collections/docs/items/delete", json={"ids": ["doc001", "doc002", "nope"]})
-    assert resp.json() == {"deleted": ["doc001", "doc002"], "missing": ["nope"]}
+    assert resp.json() == {"deleted": ["doc001", "doc002"], "missing": ["nope"], "deleted_count": 2}
     assert filled.get("/collections/docs").json()["count"] == 298
     hits = search(filled, k=300, candidates=0)
     assert not {"doc001", "doc002"} & {h["id"] for h in hits[0]}

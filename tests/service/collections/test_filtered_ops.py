@@ -271,3 +271,64 @@ def test_bad_delete_bodies_are_422_and_delete_nothing(docs: TestClient, body: di
     assert resp.status_code == 422, resp.text
     assert message in json.dumps(resp.json()["detail"])
     assert docs.get("/collections/docs/count").json()["count"] == 60
+
+
+# ---- $and / $or / $not and the refused mistakes, the same on every route (issue 25.3) --------------
+
+LOGICAL = [
+    ({"$or": [{"lang": "en"}, {"year": {"gte": 2020}}]}, lambda i: i % 3 == 0 or i % 25 >= 20),
+    ({"$not": {"lang": "en"}}, lambda i: i % 3 != 0),
+    ({"$and": [{"tags": "t1"}, {"$not": {"year": {"lt": 2010}}}]}, lambda i: i % 4 == 1 and i % 25 >= 10),
+    ({"lang": "de", "$or": [{"$not": {"tags": {"in": ["t0", "t1"]}}}, {"year": 2001}]},
+     lambda i: i % 3 == 1 and (i % 4 >= 2 or i % 25 == 1)),
+    ({"$not": {"archived": True}}, lambda i: True),  # a key no item holds yet, in a condition meaning every item
+]
+
+
+@pytest.mark.parametrize(("raw", "pred"), LOGICAL)
+def test_logical_filters_list_count_search_and_delete_alike(docs: TestClient, raw: dict, pred: Any) -> None:
+    want = ids_where(pred)
+    assert walk(docs, raw, 7) == want
+    assert docs.get("/collections/docs/count", params={"filter": json.dumps(raw)}).json()["count"] == len(want)
+    x = unit_rows(60, seed=4)
+    resp = docs.post("/collections/docs/search", json={"embeddings": x[:1].tolist(), "k": 60, "filter": raw,
+                                                        "candidates": 0})
+    assert resp.status_code == 200, resp.text
+    assert sorted(h["id"] for h in resp.json()["results"][0]) == want
+    resp = docs.post("/collections/docs/items/delete", json={"filter": raw})
+    assert resp.status_code == 200 and resp.json()["deleted_count"] == len(want)
+    assert walk(docs, None, 100) == [i for i in ids_where(lambda i: True) if i not in want]
+
+
+@pytest.mark.parametrize(("raw", "message"), [
+    ({"lang": "en", "$nor": [{"lang": "de"}]}, "unknown filter operator '$nor' in filter; the operators "
+                                               "combining filters are $and, $or, $not"),
+    ({"$where": "this.lang == 'en'"}, "unknown filter operator '$where'"),
+    ({"$and": [{"$or": [{"$and": [{"$or": [{"$and": [{"$or": [{"$and": [{"$or": [{"$not": {"lang": "en"}}]}]}]}]}]}]}]}]
+      }, "more than 8 deep (at filter.$and[0].$or[0].$and[0].$or[0].$and[0].$or[0].$and[0].$or[0].$not)"),
+    ({"year": {"gte": "2020"}}, "'year' holds numbers, no strings; 'gte' got the string \"2020\""),
+    ({"$or": [{"lang": "en"}, {"lang": {"gt": 3}}]}, "'lang' holds strings, no numbers; 'gt' got the number 3"),
+    ({"yaer": {"gte": 2020}}, "no item of this collection has metadata key 'yaer', so filter['yaer'] can match "
+                              "nothing; did you mean 'year'?; keys the items hold: 'lang', 'tags', 'year'"),
+])
+def test_a_refused_filter_is_the_same_422_on_every_route(docs: TestClient, raw: dict, message: str) -> None:
+    x = unit_rows(60, seed=4)
+    answers = [
+        docs.get("/collections/docs/items", params={"filter": json.dumps(raw)}),
+        docs.get("/collections/docs/count", params={"filter": json.dumps(raw)}),
+        docs.post("/collections/docs/search", json={"embeddings": x[:1].tolist(), "k": 5, "filter": raw}),
+        docs.post("/collections/docs/search", json={"texts": ["hello"], "k": 5, "filter": raw}),
+        docs.post("/collections/docs/items/delete", json={"filter": raw}),
+    ]
+    for resp in answers:
+        assert resp.status_code == 422, resp.text
+        assert message in str(resp.json()["detail"]), resp.json()
+    assert docs.get("/collections/docs/count").json()["count"] == 60  # the delete deleted nothing
+
+
+def test_an_empty_collection_matches_nothing_without_an_error(make_client: AppFactory) -> None:
+    client = make_client(embedder=FakeEmbedder())
+    assert client.put("/collections/empty").status_code == 201
+    raw = json.dumps({"yaer": {"gte": "2020"}})
+    assert client.get("/collections/empty/count", params={"filter": raw}).json()["count"] == 0
+    assert client.get("/collections/empty/items", params={"filter": raw}).json()["items"] == []
