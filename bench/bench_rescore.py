@@ -44,7 +44,7 @@ from vqvae.metrics import exact_topk  # noqa: E402
 
 SPLITS = ("train", "val", "test")
 WAYS: list[tuple[str, int, bool]] = [("codes only", 0, False), ("decoded 100", 100, False)] + [
-    (f"rescore {k}", k, True) for k in (100, 300, 1000, 3000)]
+    (f"rescore {k}", k, True) for k in (100, 300, 1000, 2000, 3000)]
 
 
 def load_set(emb_dir: Path, name: str, limit: int | None) -> np.ndarray:
@@ -56,11 +56,10 @@ def load_set(emb_dir: Path, name: str, limit: int | None) -> np.ndarray:
     return x[:limit] if limit else x
 
 
-def build(store: Store, name: str, monolith: Monolith, db: np.ndarray, index: dict | None) -> object:
+def build(store: Store, name: str, codes: np.ndarray, db: np.ndarray, index: dict | None) -> object:
     from service.collections.partitions import IndexSpec
 
     col, _ = store.create(name, index=IndexSpec(**index) if index else None)
-    codes = monolith.encode(db)
     for start in range(0, len(db), 8192):
         part = slice(start, start + 8192)
         col.upsert([str(i) for i in range(part.start, min(part.stop, len(db)))], codes[part], inputs=db[part])
@@ -110,8 +109,9 @@ def bench_set(name: str, x: np.ndarray, monolith: Monolith, args: argparse.Names
     store = Store(tmp / name, StoreModel.from_monolith(monolith), synchronous="NORMAL")
     out: dict = {"items": len(db), "queries": len(q), "rows": {}}
     flat_ids: dict[str, list[list[str]]] = {}
+    codes = monolith.encode(db)
     for kind, spec in (("flat", None), ("ivf", {"kind": "ivf"})):
-        col = build(store, f"{name}-{kind}", monolith, db, spec)
+        col = build(store, f"{name}-{kind}", codes, db, spec)
         if kind == "ivf":
             out["ivf"] = col.info().index
         for label, cand, rescore in WAYS:

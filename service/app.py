@@ -37,6 +37,7 @@ from service.limits import BodyLimitMiddleware, MemoryBudget, ShutdownMiddleware
 from service.metrics import MetricsMiddleware, ServiceMetrics
 from service.openapi import document_statuses
 from service.routes import codebook, codec, dashboard, ops
+from service.server import quiet_library_logs
 from service.settings import Settings
 from service.state import ServiceState
 from vqvae.api import Monolith
@@ -56,6 +57,7 @@ def create_app(
     otherwise they load at start-up from ``settings``.
     """
     state = ServiceState(settings=settings or Settings(), metrics=ServiceMetrics())
+    quiet_library_logs(state.settings.log_level)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

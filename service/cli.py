@@ -17,7 +17,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.cli_errors import fail
-from service.server import uvicorn_options
+from service.server import configure_logging, uvicorn_options
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def serve(
     """Start the Monolith HTTP server."""
     overrides = {k: v for k, v in locals().items() if v is not None}
     settings = _settings(overrides)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.log_level)  # before service.app is imported: faiss logs as it loads
     log.info("starting on %s:%d (workers=%d)", settings.host, settings.port, settings.workers)
     common: dict[str, Any] = uvicorn_options(settings)  # the connection limits (service.server)
     try:

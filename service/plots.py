@@ -87,6 +87,29 @@ def _decades(lo: float, hi: float) -> list[int]:
     return list(range(math.floor(lo), math.ceil(hi) + 1))
 
 
+def _clip(seg: tuple[float, float, float, float],
+          box: tuple[float, float, float, float]) -> tuple[float, float, float, float] | None:
+    """The part of segment (x1, y1, x2, y2) inside box (left, top, right, bottom), or None when
+    none is (Liang–Barsky)."""
+    x1, y1, x2, y2 = seg
+    left, top, right, bottom = box
+    dx, dy = x2 - x1, y2 - y1
+    t0, t1 = 0.0, 1.0
+    for p, q in ((-dx, x1 - left), (dx, right - x1), (-dy, y1 - top), (dy, bottom - y1)):
+        if p == 0:
+            if q < 0:
+                return None
+            continue
+        t = q / p
+        if p < 0:
+            t0 = max(t0, t)
+        else:
+            t1 = min(t1, t)
+        if t0 > t1:
+            return None
+    return x1 + t0 * dx, y1 + t0 * dy, x1 + t1 * dx, y1 + t1 * dy
+
+
 def _svg(counts: np.ndarray, health: CodebookHealth, title: str, ref: np.ndarray | None) -> str:
     heads, k = counts.shape
     ncols = min(heads, 2) or 1
@@ -156,9 +179,17 @@ def _svg_panel(x0: float, y0: float, row: np.ndarray, stats, ref_row: np.ndarray
     parts.append("".join(f'<circle cx="{sx(r):.1f}" cy="{sy(v):.1f}" r="2" fill="{OBSERVED}"/>'
                          for r, v in enumerate(freq, 1)))
     if stats.zipf_alpha is not None:
+        # In log space: sy(exp(v)) would overflow for a steep fit far outside the panel.
         start, end = _fit_line(freq, stats.zipf_alpha)
-        parts.append(f'<line class="fit" x1="{sx(1):.1f}" y1="{sy(math.exp(start)):.1f}" '
-                     f'x2="{sx(freq.size):.1f}" y2="{sy(math.exp(end)):.1f}" stroke="{FIT}" stroke-width="2"/>')
+
+        def ly(log_count: float) -> float:
+            return py1 - (py1 - py0) * (log_count / math.log(10) - lo) / (hi - lo)
+
+        # A fit steeper or flatter than the points leaves the axes' range: clip it to the panel.
+        seg = _clip((sx(1), ly(start), sx(freq.size), ly(end)), (px0, py0, px1, py1))
+        if seg is not None:
+            parts.append(f'<line class="fit" x1="{seg[0]:.1f}" y1="{seg[1]:.1f}" x2="{seg[2]:.1f}" '
+                         f'y2="{seg[3]:.1f}" stroke="{FIT}" stroke-width="2"/>')
     legend = [(OBSERVED, "observed"), (FIT, _legend_fit(stats)),
               (UNIFORM, f"uniform usage: {uniform:.3g} per code")]
     if scaled is not None and scaled.size:

@@ -88,7 +88,8 @@ class ModelCard(BaseModel):
     architecture: str
     sha256: str
     weights_sha256: str
-    checkpoint: str
+    checkpoint: str = Field(description="The checkpoint's file name (where it lies on the server is not shown; "
+                            "sha256 identifies the file)")
     format_version: int | None
     config: dict[str, Any]
     bytes_per_vector: int
@@ -96,19 +97,32 @@ class ModelCard(BaseModel):
         description="How /encode picks codes: candidates ≤ 1 nearest codes, else decoder-aware refinement")
     provenance: dict[str, Any]
     training: dict[str, Any]
-    metrics: dict[str, Any]
+    metrics: dict[str, Any] = Field(
+        description="The quality training recorded. Its top-level numbers (recall_10@10, cosine, …) are measured "
+        "on the validation split (metrics_split; provenance.val_files) when training ended; eval_report, where "
+        "recorded, holds the rows of `monolith-train eval` on test data (test_recall, README's Quality table)")
+    metrics_split: Literal["validation"] = Field(
+        "validation", description="The split the top-level numbers of metrics are measured on")
+    test_recall: dict[str, float] = Field(
+        default_factory=dict, description="recall 10@10 of this checkpoint's own encoding on each test set of "
+        "metrics.eval_report (held-out test splits and text the model never saw: the numbers of README's Quality "
+        "table), by set; empty when no report is recorded")
     has_reference_counts: bool
-    text_model: str | None = Field(description="The text model folder, or None when texts are not accepted")
+    text_model: str | None = Field(
+        description="The text model folder's name, or None when texts are not accepted")
     service_version: str
     limits: Limits
 
 
 class CodebookHealthResponse(CodebookHealth):
-    """``vqvae.health.CodebookHealth`` plus where its counts came from and, for traffic, how far
-    its code usage drifts from the reference (``vqvae.drift``; None without reference counts)."""
+    """``vqvae.health.CodebookHealth`` plus where its counts came from and, for traffic, whether
+    it drifted from what the checkpoint was made for (``vqvae.drift``)."""
 
     source: HealthSource
-    drift: CodeDrift | None = None
+    drift: CodeDrift | None = Field(
+        None, description="For source=traffic: its drift from the checkpoint's reference (reconstruction cosine, "
+                          "code usage); None for source=reference, or where the checkpoint stores neither reference "
+                          "counts nor an evaluation cosine")
 
 
 class Liveness(BaseModel):

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import Any
 
@@ -84,6 +85,28 @@ class H11Protocol(h11_impl.H11Protocol):
         if self.cycle is cycle and (cycle is None or cycle.response_complete):
             self.logger.debug("closing a connection that sent no request head in %.1f s", self.header_timeout_s)
             self.transport.close()
+
+
+# Libraries that log routine start-up detail at INFO, which reads like an error in a server's
+# log: faiss's loader tries its SIMD builds in turn ("Loading faiss with AVX512 support.",
+# "Could not load library with AVX512 support due to: ModuleNotFoundError(...)"), all expected.
+QUIET_LOGGERS = ("faiss.loader",)
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def quiet_library_logs(level: str = "INFO") -> None:
+    """Raise ``QUIET_LOGGERS`` to WARNING, unless ``level`` is DEBUG (then they say everything).
+    Works before or after the library is imported: the logger is the same object."""
+    quiet = level.upper() != "DEBUG"
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)
+
+
+def configure_logging(level: str) -> None:
+    """The server's logging: one format, ``level`` for the service, library chatter quietened.
+    Call it before importing ``service.app`` (which imports faiss, whose loader logs then)."""
+    logging.basicConfig(level=level.upper(), format=LOG_FORMAT)
+    quiet_library_logs(level)
 
 
 def configure(settings: Settings) -> None:

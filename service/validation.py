@@ -48,6 +48,23 @@ def embeddings(x: Any, dim: int, where: str = "") -> np.ndarray:
         raise InvalidInput(f"{where}{exc}") from None
 
 
+def first_zero_row(x: np.ndarray) -> int | None:
+    """The index of the first all-zero row of a checked [N, dim] array, or None."""
+    zero = np.flatnonzero(~np.any(x != 0, axis=1))
+    return int(zero[0]) if len(zero) else None
+
+
+def nonzero_embeddings(x: np.ndarray, name: str = "embeddings[{i}]") -> np.ndarray:
+    """``x`` unchanged, or a 422 naming the first all-zero row (``name`` formatted with its index
+    ``i``): a zero vector has no direction, so no codes stand for it; encoding one gave codes
+    that decode to some unrelated vector."""
+    i = first_zero_row(x)
+    if i is not None:
+        raise InvalidInput(f"{name.format(i=i)} is all zeros: a zero vector has no direction to encode; "
+                           "send L2-normalised embeddings")
+    return x
+
+
 def query_embeddings(x: Any, dim: int) -> np.ndarray:
     """Search queries, checked and scaled to unit length: search ranks by cosine, which ignores
     a query's length, but the scores of a huge (finite) one overflow float32 and its hits were

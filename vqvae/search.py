@@ -158,9 +158,10 @@ def rerank_by_cosine(
         if not ok.any():
             continue
         recon = np.asarray(reconstruct(blk[ok]), dtype=np.float32)
-        recon = recon / np.maximum(np.linalg.norm(recon, axis=1, keepdims=True), 1e-12)
+        # cos = <r, x> / |r| row by row: two passes over the block, no normalised copy of it
+        norms = np.sqrt(np.maximum(np.einsum("nd,nd->n", recon, recon), 1e-24))
         sims = np.full(blk.shape, -np.inf, dtype=np.float32)
-        sims[ok] = np.einsum("nd,nd->n", recon, x[s : s + step][np.nonzero(ok)[0]])
+        sims[ok] = np.einsum("nd,nd->n", recon, x[s : s + step][np.nonzero(ok)[0]]) / norms
         order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
         top_rows = np.take_along_axis(blk, order, axis=1)
         top_sims = np.take_along_axis(sims, order, axis=1)

@@ -77,7 +77,8 @@ def item_metadata(req: UpsertRequest, settings: Settings) -> list[str | None]:
 def item_embedding(embedding: list[float], i: int, dim: int) -> np.ndarray:
     if len(embedding) != dim:
         raise InvalidInput(f"items[{i}].embedding has {len(embedding)} values; it needs {dim}")
-    return validation.embeddings(embedding, dim, where=f"items[{i}].embedding: ")[0]
+    x = validation.embeddings(embedding, dim, where=f"items[{i}].embedding: ")
+    return validation.nonzero_embeddings(x, f"items[{i}].embedding")[0]
 
 
 def item_text(text: str | None, i: int, settings: Settings) -> str:

@@ -338,11 +338,13 @@ class Collection:
 
     def prepare_filter(self, flt: Filter | None) -> None:
         """Build the in-memory columns ``flt`` needs (a scan of the file, the first time a key
-        is filtered on), so that the search itself, on the model thread, only evaluates it."""
+        is filtered on), so that the search itself, on the model thread, only evaluates it; and
+        refuse a filter the collection shows to be a mistake (``InvalidFilter``) before the
+        queries are encoded."""
         if flt is not None:
             with self._lock:
                 self.sync()
-                self.columns.ensure(flt.keys, self.conn)
+                self.columns.check(flt, self.conn)
 
     def search(
         self,
@@ -387,30 +389,33 @@ class Collection:
         if queries is None:
             raise ValueError("exact rescoring needs the query embeddings")
         shortlist = self.index.search(z_e, max(candidates, k), rows=rows, **extra)
-        return rerank_by_cosine(queries, shortlist.rows, k, self.kept_vectors)
+        return rerank_by_cosine(queries, shortlist.rows, k, lambda r: self.kept_vectors(r, scaled=False))
 
-    def kept_vectors(self, rows: np.ndarray) -> np.ndarray:
+    def kept_vectors(self, rows: np.ndarray, scaled: bool = True) -> np.ndarray:
         """float32 [len(rows), d]: the kept vectors of ``rows`` (slots), read from the file in one
         query (rescoring reads thousands per search; json_each binds them as one parameter); rows
-        stored without one (imported from an older export) give their decoded codes instead."""
+        stored without one (imported from an older export) give their decoded codes instead.
+        ``scaled=False``: int8 rows each off by a positive factor, which no cosine sees."""
         uniq, inverse = np.unique(np.asarray(rows, dtype=np.int64), return_inverse=True)
-        got = self.conn.execute(
-            "SELECT slot, vector, codes FROM items WHERE slot IN (SELECT value FROM json_each(?)) ORDER BY slot",
-            (json.dumps(uniq.tolist()),)).fetchall()
+        got = self.conn.execute("SELECT slot, vector FROM items WHERE slot IN (SELECT value FROM json_each(?))",
+                                (json.dumps(uniq.tolist()),)).fetchall()
         if len(got) != len(uniq):
             raise CollectionCorrupt(f"collection {self.name!r}: {len(uniq) - len(got)} rows of the index have no item")
+        order = np.argsort(np.fromiter((r[0] for r in got), dtype=np.int64, count=len(got)))
+        pick = order[inverse.reshape(-1)]  # fetched row of each asked row: one gather at the end
         dim = self.model.input_dim
+        lack = [i for i, r in enumerate(got) if r[1] is None]
+        if not lack:
+            return vectors.unpack(self.vector_kind, [r[1] for r in got], dim, scaled)[pick]
+        out = np.zeros((len(got), dim), dtype=np.float32)
         have = [i for i, r in enumerate(got) if r[1] is not None]
-        if len(have) == len(got):
-            return vectors.unpack(self.vector_kind, [r[1] for r in got], dim)[inverse.reshape(-1)]
-        out = np.zeros((len(uniq), dim), dtype=np.float32)
         if have:
             out[have] = vectors.unpack(self.vector_kind, [got[i][1] for i in have], dim)
-        lack = [i for i, r in enumerate(got) if r[1] is None]
         if self.model.decoder is not None:
-            codes = self._stored_codes([(0, got[i][2]) for i in lack])
+            stored = self._codes_at([got[i][0] for i in lack])
+            codes = self._stored_codes([(0, stored[got[i][0]]) for i in lack])
             out[lack] = self.model.decoder(codes.astype(np.int64))
-        return out[inverse.reshape(-1)]
+        return out[pick]
 
     def _hits(self, res: SearchResult, found: dict[int, tuple[str, str | None, str | None]],
               score_threshold: float | None) -> list[list[Hit]]:

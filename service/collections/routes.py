@@ -15,7 +15,7 @@ import json
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Query, Request, Response, status
+from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -56,6 +56,13 @@ from service.settings import Settings
 
 router = APIRouter(tags=["collections"])
 
+# Path parameters with an example, so /docs "Try it out" starts from values that work together
+# with the request examples (service.collections.schemas; tests/service/test_openapi_examples.py).
+Name = Annotated[str, Path(description="The collection's name", examples=["notes"],
+                           openapi_examples={"notes": {"value": "notes"}})]
+ItemId = Annotated[str, Path(description="The item's id", examples=["paris"],
+                             openapi_examples={"paris": {"value": "paris"}})]
+
 _ERR = {"model": ErrorResponse}
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {**_ERR, "description": "Missing or wrong API key"},
@@ -82,7 +89,7 @@ def _out(info: CollectionInfo) -> CollectionOut:
     summary="Create a collection (idempotent)",
 )
 async def create_collection(
-    name: str, response: Response, store: Collections, body: CollectionCreate | None = None
+    name: Name, response: Response, store: Collections, body: CollectionCreate | None = None
 ) -> CollectionOut:
     description = body.description if body is not None else None
     index = body.index if body is not None else None
@@ -99,7 +106,7 @@ async def create_collection(
     responses={**ERRORS, 422: {**_ERR, "description": "The collection is flat, or the request is invalid"}},
     summary="(Re-)train a partitioned collection's lists on its stored codes (no re-encoding)",
 )
-async def train_collection(name: str, store: Collections, body: TrainRequest | None = None) -> CollectionOut:
+async def train_collection(name: Name, store: Collections, body: TrainRequest | None = None) -> CollectionOut:
     col = await run_in_threadpool(store.get, name)
     if (await run_in_threadpool(col.info)).index.get("kind") != "ivf":
         raise InvalidInput(f"collection {name!r} is flat: PUT it with {{\"index\": {{\"kind\": \"ivf\"}}}} first")
@@ -117,7 +124,7 @@ async def train_collection(name: str, store: Collections, body: TrainRequest | N
                507: {**_ERR, "description": "Out of disk space: nothing was changed"}},
     summary="Re-encode a collection for the server's checkpoint from its kept vectors (or texts), atomically",
 )
-async def migrate_collection(name: str, store: Collections, batcher: Batcher) -> MigrateResponse:
+async def migrate_collection(name: Name, store: Collections, batcher: Batcher) -> MigrateResponse:
     mig = await run_in_threadpool(migrate.Migration.open, store, name)
     try:
         while (chunk := await run_in_threadpool(mig.next_chunk)) is not None:
@@ -153,13 +160,13 @@ async def list_collections(store: Collections) -> CollectionList:
 
 
 @router.get("/collections/{name}", response_model=CollectionOut, responses=ERRORS, summary="A collection")
-async def get_collection(name: str, store: Collections) -> CollectionOut:
+async def get_collection(name: Name, store: Collections) -> CollectionOut:
     col = await run_in_threadpool(store.get, name)
     return _out(await run_in_threadpool(col.info))
 
 
 @router.delete("/collections/{name}", response_model=Deleted, responses=ERRORS, summary="Delete a collection")
-async def delete_collection(name: str, store: Collections) -> Deleted:
+async def delete_collection(name: Name, store: Collections) -> Deleted:
     await run_in_threadpool(store.drop, name)
     return Deleted(deleted=name)
 
@@ -188,7 +195,7 @@ async def _item_vectors(req: UpsertRequest, batcher: MicroBatcher, settings: Set
     summary="Upsert items (durable when answered)",
 )
 async def upsert_items(
-    name: str, req: UpsertRequest, batcher: Batcher, store: Collections, settings: AppSettings
+    name: Name, req: UpsertRequest, batcher: Batcher, store: Collections, settings: AppSettings
 ) -> UpsertResponse:
     validation.batch_size(len(req.items), settings.max_batch)
     col = await run_in_threadpool(store.get, name)
@@ -224,7 +231,7 @@ def _after(cursor: str) -> str:
 FILTER_QUERY = Query(
     description='A metadata filter as JSON text, as search takes it (e.g. {"lang": "en"}, URL-encoded): only the '
     "items it matches. Not JSON, or not a JSON object: 422",
-    examples=['{"lang": "en"}'],
+    examples=['{"lang": "en"}'], openapi_examples={"lang": {"value": '{"lang": "en"}'}},
 )
 
 
@@ -245,7 +252,7 @@ def _query_filter(raw: str | None) -> Filter | None:
 @router.get("/collections/{name}/items", response_model=ItemPage, responses=ERRORS,
             summary="List items, page by page, in id order (optionally only those a filter matches)")
 async def list_items(
-    name: str,
+    name: Name,
     store: Collections,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="Items per page")] = 100,
     cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
@@ -260,7 +267,7 @@ async def list_items(
 
 @router.get("/collections/{name}/count", response_model=ItemCount, responses=ERRORS,
             summary="Count items (optionally only those a filter matches)")
-async def count_items(name: str, store: Collections, filter: Annotated[str | None, FILTER_QUERY] = None) -> ItemCount:
+async def count_items(name: Name, store: Collections, filter: Annotated[str | None, FILTER_QUERY] = None) -> ItemCount:
     flt = _query_filter(filter)
     col = await run_in_threadpool(store.get, name)
     return ItemCount(collection=name, count=await run_in_threadpool(col.count, flt))
@@ -269,7 +276,7 @@ async def count_items(name: str, store: Collections, filter: Annotated[str | Non
 @router.post("/collections/{name}/items/get", response_model=ItemsOut,
              responses={**ERRORS, 413: {**_ERR, "description": "More ids than MONOLITH_MAX_BATCH"}},
              summary="Fetch many items by id")
-async def get_items(name: str, req: ItemIds, store: Collections, settings: AppSettings) -> ItemsOut:
+async def get_items(name: Name, req: ItemIds, store: Collections, settings: AppSettings) -> ItemsOut:
     validation.batch_size(len(req.ids), settings.max_batch)
     col = await run_in_threadpool(store.get, name)
     found = await run_in_threadpool(col.get_many, req.ids)
@@ -287,7 +294,7 @@ async def get_items(name: str, req: ItemIds, store: Collections, settings: AppSe
     "the count (`deleted` and `missing` are null). `deleted_count` is the number deleted either way. An empty "
     "filter, which would match every item, is a 422.",
 )
-async def delete_items(name: str, req: DeleteRequest, store: Collections, settings: AppSettings) -> DeletedMany:
+async def delete_items(name: Name, req: DeleteRequest, store: Collections, settings: AppSettings) -> DeletedMany:
     if req.filter is not None:
         flt = parse_filter(req.filter)
         if flt is None:
@@ -307,7 +314,7 @@ async def delete_items(name: str, req: DeleteRequest, store: Collections, settin
 
 @router.get("/collections/{name}/items/{item_id:path}", response_model=ItemOut, responses=ERRORS,
             summary="An item: its codes, metadata and text")
-async def get_item(name: str, item_id: str, store: Collections) -> ItemOut:
+async def get_item(name: Name, item_id: ItemId, store: Collections) -> ItemOut:
     col = await run_in_threadpool(store.get, name)
     item = await run_in_threadpool(col.get, item_id)
     if item is None:
@@ -317,7 +324,7 @@ async def get_item(name: str, item_id: str, store: Collections) -> ItemOut:
 
 @router.delete("/collections/{name}/items/{item_id:path}", response_model=Deleted, responses=ERRORS,
                summary="Delete an item (durable when answered)")
-async def delete_item(name: str, item_id: str, store: Collections) -> Deleted:
+async def delete_item(name: Name, item_id: ItemId, store: Collections) -> Deleted:
     col = await run_in_threadpool(store.get, name)
     if not await run_in_threadpool(col.delete, [item_id]):
         raise ItemNotFound(name, item_id)
@@ -345,7 +352,7 @@ async def _query_vectors(req: SearchRequest, batcher: MicroBatcher, settings: Se
     summary="Search a collection with texts or embeddings",
 )
 async def search(
-    name: str, req: SearchRequest, batcher: Batcher, store: Collections, settings: AppSettings
+    name: Name, req: SearchRequest, batcher: Batcher, store: Collections, settings: AppSettings
 ) -> SearchResponse:
     flt = parse_filter(req.filter)
     col = await run_in_threadpool(store.get, name)
@@ -377,7 +384,7 @@ async def search(
     },
     summary="Export a collection as one file (a consistent snapshot, safe while it is written)",
 )
-async def export_collection(name: str, store: Collections) -> StreamingResponse:
+async def export_collection(name: Name, store: Collections) -> StreamingResponse:
     col = await run_in_threadpool(store.get, name)
     return StreamingResponse(
         transfer.export_gzip(col.path, name),
@@ -402,7 +409,7 @@ async def export_collection(name: str, store: Collections) -> StreamingResponse:
     summary="Import a collection from an export file (all or nothing)",
 )
 async def import_collection(
-    name: str,
+    name: Name,
     request: Request,
     response: Response,
     store: Collections,

@@ -50,8 +50,10 @@ def pack(kind: str, x: np.ndarray) -> list[bytes | None]:
     return [s.tobytes() + row.tobytes() for s, row in zip(scale.astype(np.float32), q, strict=True)]
 
 
-def unpack(kind: str, blobs: list[bytes], dim: int) -> np.ndarray:
-    """float32 [len(blobs), d] from blobs made by :func:`pack` with the same kind."""
+def unpack(kind: str, blobs: list[bytes], dim: int, scaled: bool = True) -> np.ndarray:
+    """float32 [len(blobs), d] from blobs made by :func:`pack` with the same kind. ``scaled=False``
+    leaves int8 rows unscaled (each off by its own positive factor): enough for a cosine, and a
+    third of the work where rescoring reads thousands of rows per search."""
     if not blobs:
         return np.zeros((0, dim), dtype=np.float32)
     raw = np.frombuffer(b"".join(blobs), dtype=np.uint8)
@@ -61,5 +63,9 @@ def unpack(kind: str, blobs: list[bytes], dim: int) -> np.ndarray:
     rows = raw.reshape(len(blobs), width)
     if kind == "float16":
         return rows.view(np.float16).astype(np.float32)
-    scale = rows[:, :4].copy().view(np.float32)  # [N, 1]
-    return rows[:, 4:].view(np.int8).astype(np.float32) * scale
+    # One contiguous conversion and a view past the scale bytes: converting the strided
+    # [:, 4:] view directly is several times slower.
+    values = raw.view(np.int8).astype(np.float32).reshape(len(blobs), width)[:, 4:]
+    if not scaled:
+        return values
+    return values * rows[:, :4].copy().view(np.float32)

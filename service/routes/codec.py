@@ -77,7 +77,7 @@ def _npy_embeddings(body: bytes, dim: int, settings: Settings) -> np.ndarray:
     x = validation.embeddings(load_npy(body, kind="float", max_rows=settings.max_batch), dim)
     if len(x) == 0:
         raise InvalidInput("the .npy array has no rows")
-    return x
+    return validation.nonzero_embeddings(x, "row {i} of the .npy array")
 
 
 async def _json_embeddings(req: EncodeRequest, batcher: MicroBatcher, settings: Settings) -> np.ndarray:
@@ -90,7 +90,7 @@ async def _json_embeddings(req: EncodeRequest, batcher: MicroBatcher, settings: 
     dim = batcher.monolith.config.input_dim
     validation.batch_size(len(req.embeddings), settings.max_batch)
     validation.row_lengths(req.embeddings, dim, "embeddings", "the model's input dimension")
-    return validation.embeddings(req.embeddings, dim)
+    return validation.nonzero_embeddings(validation.embeddings(req.embeddings, dim))
 
 
 @router.post(

@@ -63,21 +63,27 @@ function showModel(card) {
   const prov = card.provenance || {};
   const m = card.metrics || {};
   const enc = card.encoding || {};
+  const split = card.metrics_split || "validation";
+  const testRecall = Object.entries(card.test_recall || {}).map(([set, r]) => `${set} ${num(r, 3)}`).join(" · ");
   const rows = [
     ["name", card.name], ["version", card.version], ["sha256", card.sha256], ["weights sha256", card.weights_sha256],
     ["architecture", `${card.architecture}: ${cfg.input_dim}-d → ${cfg.num_heads} heads × ${cfg.codebook_size} codes`],
     ["bytes per vector", card.bytes_per_vector],
     ["encoding", enc.candidates > 1 ? `decoder-aware search over ${enc.candidates} codes per head` : "nearest codes"],
     ["trained on", prov.train_vectors ? `${prov.train_vectors} vectors (${(prov.train_files || []).join(", ")})` : "–"],
-    ["recall 10@10 / 1@10 / 10@100", `${num(m["recall_10@10"], 3)} / ${num(m["recall_1@10"], 3)} / ${num(m["recall_10@100"], 3)}`],
-    ["reconstruction cosine", num(m.cosine, 3)],
+    // The card's top-level metrics are measured on the validation split, README's table on test
+    // data (card.test_recall): each number says which, so the two are not read as one.
+    [`recall 10@10 / 1@10 / 10@100, ${split} split`,
+     `${num(m["recall_10@10"], 3)} / ${num(m["recall_1@10"], 3)} / ${num(m["recall_10@100"], 3)}`, "recall"],
+    [`reconstruction cosine, ${split} split`, num(m.cosine, 3), "reconstruction-cosine"],
+    ["recall 10@10, test sets (README's Quality table)", testRecall || "no evaluation recorded", "test-recall"],
     ["text model", card.text_model || "off (embeddings only)"],
     ["checkpoint", card.checkpoint], ["service version", card.service_version],
   ];
   dl.replaceChildren();
-  for (const [k, v] of rows) {
+  for (const [k, v, id] of rows) {
     const dd = el("dd", v);
-    dd.id = "model-" + k.replace(/[^a-z0-9]+/gi, "-");
+    dd.id = "model-" + (id || k.replace(/[^a-z0-9]+/gi, "-"));
     dl.append(el("dt", k), dd);
   }
 }
@@ -108,19 +114,30 @@ function showDrift(drift) {
     reasons.textContent = "";
     return;
   }
+  // The status is the server's (vqvae/drift.py): drifted once a deciding signal (the
+  // reconstruction cosine, where the checkpoint stores one) is judged drifted, ok once every
+  // deciding signal is judged ok, else insufficient_data. A code-usage shift alone is another
+  // text domain, shown as a note, never as drift.
   badge($("drift-status"), drift.status);
   const parts = [];
-  if (drift.js_divergence !== null) {
-    parts.push(`code usage: Jensen–Shannon divergence ${num(drift.js_divergence, 3)} bits ` +
-      `(drifted above ${num(drift.js_threshold, 2)}; chance alone ≈ ${num(drift.noise_floor, 3)}), ` +
-      `total variation ${num(drift.total_variation, 3)}`);
-  }
   if (drift.reconstruction_cosine !== null) {
     parts.push(`reconstruction cosine ${num(drift.reconstruction_cosine, 3)} over ${drift.cosine_vectors} vectors ` +
       `(reference ${num(drift.reference_cosine, 3)}, drifted below ${num(drift.cosine_threshold, 3)})`);
   }
+  if (drift.js_divergence !== null) {
+    const decides = (drift.deciding || []).includes("usage");
+    parts.push(`code usage: Jensen–Shannon divergence ${num(drift.js_divergence, 3)} bits ` +
+      `(${decides ? "drifted" : "another domain, not drift,"} above ${num(drift.js_threshold, 2)}; ` +
+      `chance alone ≈ ${num(drift.noise_floor, 3)}), total variation ${num(drift.total_variation, 3)}`);
+  }
+  const needs = Object.entries(drift.needs || {}).filter(([signal]) => (drift.deciding || []).includes(signal));
+  if (drift.status === "insufficient_data" && needs.length) {
+    parts.push("judged after " + needs.map(([signal, n]) =>
+      `${n} more vectors for the ${signal === "cosine" ? "reconstruction cosine" : "code usage"}`).join(" and "));
+  }
   numbers.textContent = parts.join("; ") || "no traffic yet";
   numbers.dataset.cosine = drift.reconstruction_cosine === null ? "" : String(drift.reconstruction_cosine);
+  numbers.dataset.needs = JSON.stringify(drift.needs || {});
   const text = drift.reasons.length ? drift.reasons.join(" · ")
     : drift.status === "ok" ? "traffic looks like the vectors this checkpoint was trained for" : "";
   reasons.textContent = text;
@@ -155,8 +172,11 @@ function showCollections(list) {
   for (const c of cols) {
     const tr = document.createElement("tr");
     tr.dataset.collection = c.name;
-    const index = c.index ? (c.index.kind || JSON.stringify(c.index)) : "flat";
-    for (const v of [c.name, c.count ?? "–", bytes(c.size_bytes), c.status, index,
+    const index = c.index ? (c.index.kind || JSON.stringify(c.index)) + (c.index.trained === false
+      ? ` (untrained; trains at ${c.index.train_at ?? "?"} items)` : "") : "flat";
+    const per = c.bytes_per_item;
+    const perItem = per ? `${num(per.ram, 1)} B · ${num(per.disk, 0)} B` : "–";
+    for (const v of [c.name, c.count ?? "–", bytes(c.size_bytes), perItem, c.vectors ?? "–", c.status, index,
       c.created ? c.created.replace("T", " ").slice(0, 19) : "–", c.description || ""]) {
       tr.append(el("td", v));
     }

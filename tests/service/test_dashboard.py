@@ -15,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.routes import dashboard
+from tests.service.collections.test_routes import FakeEmbedder
 from tests.service.conftest import AppFactory, unit_rows
 from vqvae.api import Monolith
 
@@ -139,3 +140,123 @@ def test_asset_requests_are_labelled_by_their_mount(client: TestClient) -> None:
     assert 'route="/static",status="200"} 1.0' in text and 'route="/static",status="404"} 1.0' in text
     assert 'route="/swagger-ui",status="200"} 1.0' in text
     assert "dashboard.js" not in text
+
+
+# -- what the card and the dashboard show ----------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+class _DirEmbedder(FakeEmbedder):
+    """Texts like FakeEmbedder, loaded (as it were) from an absolute folder."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.model_dir = model_dir
+
+
+def test_card_and_dashboard_show_no_server_paths(make_client: AppFactory, monolith: Monolith,
+                                                 tmp_path: Path) -> None:
+    text_dir = tmp_path / "models" / "all-MiniLM-L6-v2"
+    client = make_client(embedder=_DirEmbedder(text_dir))
+    assert client.put("/collections/docs").status_code == 201
+    card = client.get("/model").json()
+    assert card["checkpoint"] == monolith.checkpoint.path.name == "monolith-wiki.safetensors"
+    assert card["sha256"] == monolith.sha256
+    assert card["text_model"] == "all-MiniLM-L6-v2"
+    answers = {path: client.get(path) for path in ("/model", "/codebook/health", "/codebook/health?source=reference",
+                                                   "/collections", "/dashboard", "/static/dashboard.js")}
+    for path, resp in answers.items():
+        assert resp.status_code == 200, path
+        for secret in (str(REPO), str(tmp_path), str(monolith.checkpoint.path)):
+            assert secret not in resp.text, (path, secret)
+        if resp.headers["content-type"].startswith("application/json"):
+            absolute = [s for s in _strings(resp.json()) if s.startswith("/") and len(s) > 1]
+            assert absolute == [], (path, absolute)
+
+
+def test_card_drops_absolute_paths_recorded_in_a_checkpoint() -> None:
+    from service.card import _public
+
+    recorded = {"train_files": ["/home/alice/data/wiki.train.npy", "data/emb/debian.train.npy"],
+                "out_dir": "/srv/runs/x", "note": "a/b", "n": 3}
+    assert _public(recorded) == {"train_files": ["wiki.train.npy", "data/emb/debian.train.npy"],
+                                 "out_dir": "x", "note": "a/b", "n": 3}
+
+
+SHOW_MODEL = r"""
+const fs = require("fs"), vm = require("vm");
+const node = (tag) => ({tag, children: [], textContent: "", append(...c) { this.children.push(...c); },
+                        replaceChildren() { this.children = []; }});
+const nodes = {};
+const document = {getElementById: (id) => (nodes[id] = nodes[id] || node("div")), createElement: node,
+                  addEventListener() {}};
+const ctx = vm.createContext({document, MonolithAuth: {}, console});
+vm.runInContext(fs.readFileSync(process.argv[2], "utf8") + "\nthis.showModel = showModel;", ctx);
+ctx.showModel(JSON.parse(fs.readFileSync(0, "utf8")));
+const kids = nodes["model-card"].children;
+const rows = [];
+for (let i = 0; i < kids.length; i += 2) rows.push([kids[i].textContent, kids[i + 1].textContent, kids[i + 1].id]);
+process.stdout.write(JSON.stringify(rows));
+"""
+
+
+def test_dashboard_says_which_split_each_number_is_measured_on(client: TestClient, monolith: Monolith,
+                                                              tmp_path: Path) -> None:
+    """The card's recall (validation split, 0.495) and README's (test split, 0.470) are labelled."""
+    import json
+    import shutil
+    import subprocess
+
+    card = client.get("/model").json()
+    assert card["metrics_split"] == "validation"
+    assert "validation split" in client.get("/openapi.json").json()["components"]["schemas"]["ModelCard"][
+        "properties"]["metrics"]["description"]
+    assert card["metrics"]["recall_10@10"] == pytest.approx(0.4947)
+    assert card["test_recall"]["wordnet"] == pytest.approx(0.4698) and card["test_recall"]["debian"] == 0.5
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the dashboard's rows are checked in tests/service/test_browser.py")
+    script = tmp_path / "show_model.js"
+    script.write_text(SHOW_MODEL)
+    out = subprocess.run([node, str(script), str(dashboard.STATIC_DIR / "dashboard.js")], input=json.dumps(card),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rows = {dd_id: (label, value) for label, value, dd_id in json.loads(out.stdout)}
+    assert rows["model-recall"] == ("recall 10@10 / 1@10 / 10@100, validation split", "0.495 / 0.822 / 0.935")
+    assert rows["model-reconstruction-cosine"][0] == "reconstruction cosine, validation split"
+    label, value = rows["model-test-recall"]
+    assert "test" in label and "wordnet 0.470" in value and "debian 0.500" in value
+    assert rows["model-checkpoint"][1] == "monolith-wiki.safetensors"
+    assert rows["model-sha256"][1] == monolith.sha256
+
+
+def test_zipf_fit_line_stays_inside_its_panel(monolith: Monolith) -> None:
+    """A concave usage curve (a flat top, then a steep fall) fits a line that starts far above
+    the largest count: drawn unclipped, it crossed the panel's title and the panel above."""
+    from service.plots import rank_frequency_plot
+    from vqvae.health import codebook_health
+
+    k = 256
+    steep = np.r_[np.full(16, 10_000), np.maximum(1, (10_000 * np.logspace(0, -4, k - 16))).astype(np.int64)]
+    zipf = np.maximum(1, (5_000 / np.arange(1, k + 1))).astype(np.int64)
+    counts = np.stack([steep, zipf, steep[::-1], zipf])
+    health = codebook_health(counts)
+    assert all(h.zipf_alpha is not None for h in health.heads)
+    ns = {"s": "http://www.w3.org/2000/svg"}
+    root = ET.fromstring(rank_frequency_plot(counts, health, "svg", "clipping"))
+    for head in root.findall("s:g[@class='head']", ns):
+        box = head.find("s:rect", ns)  # the plot area's frame, drawn first
+        left, top = float(box.get("x")), float(box.get("y"))
+        right, bottom = left + float(box.get("width")), top + float(box.get("height"))
+        line = head.find("s:line[@class='fit']", ns)
+        assert line is not None, head.get("data-head")
+        for x, y in ((line.get("x1"), line.get("y1")), (line.get("x2"), line.get("y2"))):
+            assert left <= float(x) <= right and top <= float(y) <= bottom, (head.get("data-head"), x, y)

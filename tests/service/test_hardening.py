@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import socket
 import sqlite3
@@ -285,6 +286,28 @@ def test_queries_of_any_finite_norm_find_their_hits(coll: TestClient, value: flo
 def test_zero_query_is_422(coll: TestClient) -> None:
     resp = coll.post("/collections/docs/search", json={"embeddings": [ROW, [0.0] * 384]})
     assert resp.status_code == 422 and "embeddings[1] is all zeros" in resp.json()["detail"]
+
+
+def test_zero_embedding_is_422_on_encode_json_and_npy(client: TestClient) -> None:
+    """A zero vector has no direction: /encode used to answer 200 with codes for it."""
+    resp = client.post("/encode", json={"embeddings": [ROW, ROW, [0.0] * 384]})
+    assert resp.status_code == 422, resp.text
+    assert "embeddings[2] is all zeros" in resp.json()["detail"]
+    x = unit_rows(4, seed=5)
+    x[1] = 0.0
+    buf = io.BytesIO()
+    np.save(buf, x)
+    resp = client.post("/encode", content=buf.getvalue(), headers={"Content-Type": "application/x-npy"})
+    assert resp.status_code == 422, resp.text
+    assert "row 1 of the .npy array is all zeros" in resp.json()["detail"]
+    assert client.post("/encode", json={"embeddings": [ROW]}).status_code == 200  # a real row still encodes
+
+
+def test_zero_embedding_is_422_on_upsert_and_nothing_is_stored(coll: TestClient) -> None:
+    resp = upsert(coll, [{"id": "a", "embedding": ROW}, {"id": "b", "embedding": [0.0] * 384}])
+    assert resp.status_code == 422, resp.text
+    assert "items[1].embedding is all zeros" in resp.json()["detail"]
+    assert coll.get("/collections/docs").json()["count"] == 0
 
 
 # -- 6. shutdown under load ----------------------------------------------------------------------

@@ -182,3 +182,66 @@ def test_app_serves_the_documented_routes(tmp_path: Path) -> None:
     assert app.title == "Monolith"
     assert route_paths() >= {"/encode", "/decode", "/model", "/codebook/health", "/codebook/health.svg",
                              "/codebook/health.png", "/healthz", "/readyz", "/metrics", "/docs", "/dashboard"}
+
+
+def readme_http_commands() -> list[list[str]]:
+    """The shell commands of README's HTTP example, continuation lines joined, as argv lists."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## HTTP service", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    joined = re.sub(r"\\\n\s*", " ", block)
+    return [shlex.split(line, comments=True) for line in joined.splitlines() if line.strip()]
+
+
+def test_readme_http_example_runs_as_written(make_client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each curl of README's HTTP example answers 2xx, in order, with the files it names made by the
+    commands before it; the search's filter finds the item the upsert stored. (Texts go through a
+    stand-in text model, so the commands run in seconds; the real one is exercised by test_server.)"""
+    import io
+
+    import numpy as np
+
+    from tests.service.collections.test_routes import FakeEmbedder
+
+    client = make_client(embedder=FakeEmbedder())
+    monkeypatch.chdir(tmp_path)
+    commands = readme_http_commands()
+    assert commands[0][0].startswith("URL=")
+    answers: dict[str, object] = {}
+    for argv in commands[1:]:
+        if argv[0] == "python":  # the one-liner that writes x.npy: with the stand-in text model
+            assert argv[1] == "-c" and "np.save('x.npy'" in argv[2] and "embed_text" in argv[2]
+            np.save("x.npy", FakeEmbedder().embed(["a cat", "a dog"]))
+            continue
+        assert argv[0] == "curl", argv
+        method, headers, body, out, url = None, {}, None, None, None
+        args = iter(argv[1:])
+        for arg in args:
+            if arg == "-s":
+                continue
+            if arg == "-X":
+                method = next(args)
+            elif arg == "-H":
+                key, _, value = next(args).partition(": ")
+                headers[key] = value
+            elif arg == "-d":
+                body = next(args).encode()
+            elif arg == "--data-binary":
+                source = next(args)
+                assert source.startswith("@"), source
+                body = Path(source[1:]).read_bytes()  # a file an earlier command wrote
+            elif arg == "-o":
+                out = next(args)
+            else:
+                assert arg.startswith("$URL/") and url is None, arg
+                url = arg.removeprefix("$URL")
+        resp = client.request(method or ("POST" if body is not None else "GET"), url, content=body, headers=headers)
+        assert 200 <= resp.status_code < 300, (argv, resp.status_code, resp.text)
+        if out:
+            Path(out).write_bytes(resp.content)
+        answers[url] = resp
+    assert np.load(io.BytesIO(Path("codes.npy").read_bytes())).shape == (2, 4)
+    hits = answers["/collections/notes/search"].json()["results"][0]
+    stored = json.loads(next(a[a.index("-d") + 1] for a in commands if "/collections/notes/items" in " ".join(a)))
+    assert [h["id"] for h in hits] == [item["id"] for item in stored["items"]]  # the filter matches what was stored
+    assert Path("notes.monolith.gz").stat().st_size > 0

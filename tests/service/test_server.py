@@ -123,3 +123,25 @@ def test_async_client(server: str, monolith: Monolith) -> None:
     np.testing.assert_array_equal(np.concatenate(singles), monolith.encode(x[:8]))
     assert card["sha256"] == monolith.sha256 and card["weights_sha256"] == monolith.weights_sha256
     np.testing.assert_array_equal(recon, served(monolith.decode, bulk[:2]))
+
+
+def test_start_up_log_has_no_faiss_loader_lines() -> None:
+    """faiss's loader logs each SIMD build it tries at INFO ("Could not load library with AVX512
+    support due to: ModuleNotFoundError…"), which read like errors in the server's log. The
+    server's logging set-up, run before service.app imports faiss, quietens it (not at debug)."""
+    import logging
+    import subprocess
+    import sys
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    script = ("import sys; from service.server import configure_logging; configure_logging(sys.argv[1]); "
+              "import service.app")
+    quiet = subprocess.run([sys.executable, "-c", script, "info"], capture_output=True, text=True, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert "faiss" not in quiet.stderr, quiet.stderr[-2000:]
+    loud = subprocess.run([sys.executable, "-c", script, "debug"], capture_output=True, text=True, timeout=300)
+    assert "faiss.loader" in loud.stderr  # the check above would see them
+    create_app(Settings(load_text_model=False))  # in-process apps (uvicorn --factory workers) too
+    assert logging.getLogger("faiss.loader").getEffectiveLevel() == logging.WARNING

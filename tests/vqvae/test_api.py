@@ -1,8 +1,12 @@
+import io
+import sys
+import threading
+
 import numpy as np
 import pytest
 
 from tests.conftest import clustered_embeddings
-from vqvae import Monolith
+from vqvae import Monolith, api
 from vqvae.api import DEFAULT_CHECKPOINT
 
 
@@ -75,3 +79,49 @@ def test_shipped_checkpoints_load_by_name(monkeypatch, tmp_path, tiny_checkpoint
     monkeypatch.chdir(tmp_path)  # a file of that name in the working directory wins over the shipped one
     (tmp_path / "monolith-all").write_bytes(tiny_checkpoint.read_bytes())
     assert Monolith.load("monolith-all").config.codebook_size == 16
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_encode_progress_bar_goes_to_stderr_and_changes_nothing(tiny_checkpoint, capsys, monkeypatch):
+    m = Monolith.load(tiny_checkpoint)
+    m.batch_size = 7
+    x = clustered_embeddings(30)
+    quiet = m.encode(x)
+    assert capsys.readouterr().err == ""  # small input, stderr not a terminal: no bar
+    shown = m.encode(x, progress=True)
+    err = capsys.readouterr().err
+    assert "encode" in err and "30/30" in err and "rows" in err, err
+    assert np.array_equal(shown, quiet)
+    assert np.array_equal(m.encode(x, progress=False), quiet) and capsys.readouterr().err == ""
+
+    # None: a bar for large inputs, only where a person sees stderr (a terminal, the main thread).
+    monkeypatch.setattr(api, "PROGRESS_MIN_ROWS", 10)
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert np.array_equal(m.encode(x), quiet) and "30/30" in terminal.getvalue()
+    assert api.show_progress(None, 11, 10) and not api.show_progress(None, 10, 10)
+    in_thread: list[bool] = []
+    worker = threading.Thread(target=lambda: in_thread.append(api.show_progress(None, 11, 10)))
+    worker.start()
+    worker.join()
+    assert in_thread == [False]  # a server's model worker never draws one
+
+
+def test_text_progress_reaches_the_text_model(tiny_checkpoint, monkeypatch):
+    seen = []
+
+    class Embedder:
+        def embed(self, texts, progress=False):
+            seen.append(progress)
+            return clustered_embeddings(len(texts))
+
+    m = Monolith.load(tiny_checkpoint)
+    m._embedder = Embedder()
+    codes = m.encode_text(["a", "b"], progress=True)
+    assert np.array_equal(codes, m.encode_text(["a", "b"]))
+    m.embed_text(["a"], progress=False)
+    assert seen == [True, False, False]

@@ -46,7 +46,9 @@ def test_create_list_get_delete_collection(client: TestClient, monolith: Monolit
     assert body["name"] == "docs" and body["count"] == 0 and body["checkpoint_sha256"] == monolith.sha256
     assert body["description"] == "my docs" and body["created"]
     assert client.put("/collections/docs").status_code == 200
-    assert [c["name"] for c in client.get("/collections").json()["collections"]] == ["docs"]
+    [listed] = client.get("/collections").json()["collections"]
+    assert listed["name"] == "docs" and listed["vectors"] == "int8"  # what the dashboard's table shows
+    assert set(listed["bytes_per_item"]) == {"ram", "disk", "vector"} and listed["bytes_per_item"]["vector"] == 388
     assert client.get("/collections/docs").json()["status"] == "ok"
     assert client.delete("/collections/docs").json() == {"deleted": "docs"}
     assert client.get("/collections/docs").status_code == 404
