@@ -31,6 +31,7 @@ from service.batcher import MicroBatcher
 from service.card import model_card, model_ref, service_version
 from service.collections import routes as collections
 from service.collections.binding import StoreModel
+from service.collections.fitting import FitJobs, FitSettings
 from service.collections.store import Store
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware, MemoryBudget, ShutdownMiddleware
@@ -146,6 +147,10 @@ async def _start(state: ServiceState, executor: ThreadPoolExecutor, monolith: Mo
         text_dir = str(embedder.model_dir) if getattr(embedder, "model_dir", None) is not None else None
         state.model_card = model_card(monolith, settings, text_dir)
         state.store = await asyncio.to_thread(open_store, settings, monolith)
+        state.fits = FitJobs(state.store, monolith.checkpoint.path, FitSettings(
+            threads=settings.fit_threads, nice=settings.fit_nice, baselines=settings.fit_baselines,
+            auto_at=settings.auto_fit_at, auto_growth=settings.auto_fit_growth))
+        await asyncio.to_thread(state.fits.clean_up)
         log.info("collections: %d open under %s", len(state.store.names()), state.store.root)
     except Exception as exc:
         state.load_error = f"{type(exc).__name__}: {exc}"
@@ -168,6 +173,8 @@ async def _stop(state: ServiceState, executor: ThreadPoolExecutor) -> None:
     """Unready first (new requests get 503), then close in the reverse order of opening."""
     state.ready = False
     state.metrics.ready.set(0)
+    if state.fits is not None:
+        await asyncio.to_thread(state.fits.close)
     if state.store is not None:
         state.store.close()
     if state.batcher is not None:

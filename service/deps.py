@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from service.batcher import MicroBatcher
+from service.collections.fitting import FitJobs
 from service.collections.store import Store
 from service.errors import NotReady
 from service.settings import Settings
@@ -51,3 +52,11 @@ async def ready_store(state: State, _: Batcher) -> Store:
 
 
 Collections = Annotated[Store, Depends(ready_store)]
+
+
+async def ready_fits(state: State, _: Batcher) -> FitJobs:
+    """The fit jobs of the collections: there whenever the store is."""
+    return state.fits
+
+
+Fits = Annotated[FitJobs, Depends(ready_fits)]

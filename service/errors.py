@@ -23,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.batcher import BatcherClosed, Overloaded, TextModelUnavailable, TooMuchText
 from service.collections.errors import (
+    CannotFit,
     CheckpointMismatch,
     CollectionBusy,
     CollectionCorrupt,
@@ -32,6 +33,8 @@ from service.collections.errors import (
     InvalidFilter,
     InvalidName,
     ItemNotFound,
+    ModelChanged,
+    NoFit,
     NoKeptVectors,
     NotMigratable,
     SettingsConflict,
@@ -105,6 +108,9 @@ STATUS: dict[type[Exception], int] = {
     CollectionBusy: status.HTTP_409_CONFLICT,  # a migration of it is running
     SettingsConflict: status.HTTP_409_CONFLICT,  # e.g. another 'vectors' kind for an existing collection
     NotMigratable: status.HTTP_409_CONFLICT,  # items with neither a kept vector nor a text
+    CannotFit: status.HTTP_422_UNPROCESSABLE_CONTENT,  # no kept vectors, too few items
+    NoFit: status.HTTP_404_NOT_FOUND,  # no fit known, or none running to cancel
+    ModelChanged: status.HTTP_503_SERVICE_UNAVAILABLE,  # retried by the routes; only if it keeps switching
     NoKeptVectors: status.HTTP_422_UNPROCESSABLE_CONTENT,  # rescore=true without kept vectors
     StorageFull: status.HTTP_507_INSUFFICIENT_STORAGE,  # the write was rolled back
     CollectionCorrupt: status.HTTP_500_INTERNAL_SERVER_ERROR,

@@ -118,7 +118,9 @@ class CodebookHealthResponse(CodebookHealth):
     """``vqvae.health.CodebookHealth`` plus where its counts came from and, for traffic, whether
     it drifted from what the checkpoint was made for (``vqvae.drift``)."""
 
-    source: HealthSource
+    source: HealthSource | Literal["collection"] = Field(
+        description="traffic: codes this server assigned; reference: the checkpoint's evaluation set; collection: "
+        "the codes of one collection's items")
     drift: CodeDrift | None = Field(
         None, description="For source=traffic: its drift from the checkpoint's reference (reconstruction cosine, "
                           "code usage); None for source=reference, or where the checkpoint stores neither reference "

@@ -62,6 +62,15 @@ class Settings(BaseSettings):
     )
     max_candidates: int = Field(10_000, ge=0, description="Most ADC candidates a search may ask to re-rank")
     search_backend: Literal["faiss", "numpy"] = Field("faiss", description="ADC kernel for collection search")
+    # Fitting collections (service/collections/fitting.py; docs/collections.md, "Fitting a collection")
+    auto_fit_at: int = Field(5000, ge=0, description="Items at which a collection (created with auto_fit on, "
+                             "keeping vectors) first fits its own model; 0: collections never fit by themselves")
+    auto_fit_growth: float = Field(4.0, gt=1, description="A fitted collection fits again once it has grown by "
+                                   "this factor since its last fit")
+    fit_threads: int = Field(1, ge=1, description="CPU threads of a fit (its own process, at a lower priority)")
+    fit_nice: int = Field(10, ge=0, le=19, description="How much lower the CPU priority of a fit is (nice)")
+    fit_baselines: bool = Field(True, description="Fit faiss OPQ4,PQ4 and LSQ4x8 on the same rows for each fit's "
+                                "report (about as long as the fit again)")
     sqlite_synchronous: Literal["FULL", "NORMAL", "EXTRA"] = Field(
         "FULL", description="SQLite synchronous mode of collections; FULL also survives power loss"
     )

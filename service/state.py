@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from service.batcher import MicroBatcher
+from service.collections.fitting import FitJobs
 from service.collections.store import Store
 from service.metrics import ServiceMetrics
 from service.schemas import ModelCard, ModelRef
@@ -24,6 +25,7 @@ class ServiceState:
     load_error: str | None = None  # why start-up failed; the server stays unready
     batcher: MicroBatcher | None = None  # holds the Monolith and the text model (or None)
     store: Store | None = None
+    fits: FitJobs | None = None  # the collections' fit jobs (service.collections.fitting)
     model_ref: ModelRef | None = None
     model_card: ModelCard | None = None
     plot_cache: dict[str, bytes] = field(default_factory=dict)  # reference plots, rendered once

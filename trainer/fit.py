@@ -21,7 +21,7 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -169,7 +169,8 @@ class _FitTrainer(Trainer):
     """The loop with the best state kept in memory, patience and a CPU budget; nothing on disk."""
 
     def __init__(self, cfg: TrainConfig, recipe: FitRecipe, model: torch.nn.Module, train: np.ndarray,
-                 val: np.ndarray, start: dict[str, float], progress: bool) -> None:
+                 val: np.ndarray, start: dict[str, float], progress: bool,
+                 on_check: Callable[[float], None] | None = None) -> None:
         if recipe.parts == "decoder_codebooks":  # before the optimiser is built from what requires grad
             for p in model.encoder.parameters():
                 p.requires_grad_(False)
@@ -184,6 +185,7 @@ class _FitTrainer(Trainer):
         self.checks: list[dict[str, float]] = [{"step": 0, **start}]
         self.cpu0 = time.process_time()
         self.validated_at = 0
+        self.on_check = on_check
 
     def save_resumable(self) -> None:  # a fit is minutes, not hours: no resumable state
         pass
@@ -197,6 +199,8 @@ class _FitTrainer(Trainer):
         report = evaluate_model(self.model, self.val, encoding=self.cfg.encoding)
         m = report["metrics"]
         self.validated_at = self.step
+        if self.on_check is not None:
+            self.on_check(min(1.0, self.step / max(1, self.total_steps)))
         self.checks.append({"step": self.step, "recall_10@10": m["recall_10@10"], "cosine": m["cosine"],
                             "cpu_seconds": time.process_time() - self.cpu0})
         if math.isfinite(m[self.key]) and m[self.key] > self.best:
@@ -265,10 +269,12 @@ def fit(
     vectors: np.ndarray,
     recipe: FitRecipe | None = None,
     progress: bool = True,
+    on_check: Callable[[float], None] | None = None,
 ) -> tuple[Monolith, FitReport]:
     """Fine-tune ``base`` (a Monolith, a checkpoint, a path or a shipped name; None: monolith-wiki)
     on the collection ``vectors`` [N, 384]; returns the fitted model (encoding as the base's) and
-    the report. :class:`FitError` for rows it cannot fit on, :class:`FitRejected` for a failed fit."""
+    the report. :class:`FitError` for rows it cannot fit on, :class:`FitRejected` for a failed fit.
+    ``on_check``: called with the share of the steps done at each held-out check (a job's progress)."""
     recipe = recipe or FitRecipe()
     ckpt = _base(base)
     if not ckpt.produces_codes:
@@ -292,7 +298,8 @@ def fit(
         start = evaluate_model(start_model, val, encoding=cfg.encoding)["metrics"]
         t0, c0 = time.perf_counter(), time.process_time()
         trainer = _FitTrainer(cfg, recipe, start_model, train, val,
-                              {"recall_10@10": start["recall_10@10"], "cosine": start["cosine"]}, progress)
+                              {"recall_10@10": start["recall_10@10"], "cosine": start["cosine"]}, progress,
+                              on_check)
         try:
             trainer.run()
         except TrainingDiverged as exc:

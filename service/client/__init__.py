@@ -6,10 +6,10 @@ once from ``GET /model``. A 503 (overloaded or still loading) is retried with ex
 backoff, honouring ``Retry-After``, a bounded number of times; every other failure raises
 ``MonolithError`` with the HTTP status and the server's message.
 
-Collections (create with an index, train, list, upsert in chunks with progress and resume,
-search with metadata filters, read, list, count and delete items (by id or by filter), export and
-import) answer typed results: the dataclasses of ``types`` (``CollectionInfo``, ``Hit``,
-``SearchResults``, ``Item``, ...).
+Collections (create with an index, train, fit their own model, list, upsert in chunks with
+progress and resume, search with metadata filters, read, list, count and delete items (by id or
+by filter), export and import) answer typed results: the dataclasses of ``types``
+(``CollectionInfo``, ``Hit``, ``SearchResults``, ``Item``, ``FitJob``, ...).
 
 The package is split by what each part holds:
 
@@ -35,6 +35,8 @@ from .types import (
     NON_FINITE,
     CollectionInfo,
     DeleteResult,
+    FitJob,
+    FitTimeout,
     Hit,
     ImportResult,
     Item,
@@ -55,6 +57,8 @@ __all__ = [
     "AsyncMonolithClient",
     "CollectionInfo",
     "DeleteResult",
+    "FitJob",
+    "FitTimeout",
     "Hit",
     "ImportResult",
     "Item",

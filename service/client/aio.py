@@ -13,10 +13,11 @@ import httpx
 import numpy as np
 
 from .local import Dest, Sink, Source, source_bytes
-from .operations import DEFAULT_UPSERT_BATCH, Operations, given
+from .operations import DEFAULT_UPSERT_BATCH, FitWait, Operations, given
 from .types import (
     CollectionInfo,
     DeleteResult,
+    FitJob,
     ImportResult,
     Item,
     ItemPage,
@@ -113,8 +114,9 @@ class AsyncMonolithClient(Operations):
         *,
         index: dict[str, Any] | None = None,
         vectors: Literal["int8", "float16", "none"] | None = None,
+        auto_fit: bool | None = None,
     ) -> CollectionInfo:
-        body = given(description=description, index=index, vectors=vectors)
+        body = given(description=description, index=index, vectors=vectors, auto_fit=auto_fit)
         return await self._run(self._create_plan(name, body))
 
     async def train(self, name: str, lists: int | None = None) -> CollectionInfo:
@@ -122,6 +124,40 @@ class AsyncMonolithClient(Operations):
 
     async def migrate(self, name: str) -> CollectionInfo:
         return await self._run(self._migrate_plan(name))
+
+    async def fit(
+        self,
+        name: str,
+        *,
+        epochs: float | None = None,
+        lr: float | None = None,
+        parts: Literal["all", "decoder_codebooks"] | None = None,
+        held_out: float | None = None,
+        budget_seconds: float | None = None,
+        min_rows: int | None = None,
+        seed: int | None = None,
+        baselines: bool | None = None,
+        wait: bool = False,
+        poll_s: float = 1.0,
+        timeout_s: float | None = None,
+    ) -> FitJob:
+        watch = FitWait(poll_s, timeout_s)  # checks poll_s and timeout_s before anything is sent
+        body = given(epochs=epochs, lr=lr, parts=parts, held_out=held_out, budget_seconds=budget_seconds,
+                     min_rows=min_rows, seed=seed, baselines=baselines)
+        job = await self._run(self._fit_plan(name, body))
+        while wait and (pause := watch.pause(job)) is not None:
+            await asyncio.sleep(pause)
+            job = await self._run(self._fit_status_plan(name))
+        return job
+
+    async def fit_status(self, name: str) -> FitJob:
+        return await self._run(self._fit_status_plan(name))
+
+    async def cancel_fit(self, name: str) -> FitJob:
+        return await self._run(self._cancel_fit_plan(name))
+
+    async def collection_health(self, name: str) -> dict[str, Any]:
+        return await self._run(self._collection_health_plan(name))
 
     async def list_collections(self) -> list[CollectionInfo]:
         return await self._run(self._collections_plan())

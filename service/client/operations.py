@@ -10,9 +10,11 @@ field yet (its bodies forbid unknown fields) still accepts every request that do
 from __future__ import annotations
 
 import json
+import math
 import random
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -24,6 +26,8 @@ from .types import (
     NON_FINITE,
     CollectionInfo,
     DeleteResult,
+    FitJob,
+    FitTimeout,
     Hit,
     ImportResult,
     Item,
@@ -96,6 +100,31 @@ class _Rows:
         if (self.metas[i] if self.metas is not None else None) != stored.get("metadata"):
             return False
         return self.texts is None or stored.get("text") == self.texts[i]
+
+
+@dataclass
+class FitWait:
+    """How ``fit(wait=True)`` follows its job: asks again every ``poll_s`` until the job ends,
+    for at most ``timeout_s`` (None: no limit). Both clients follow it, each sleeping its way."""
+
+    poll_s: float
+    timeout_s: float | None
+    start: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:  # checked before the fit is asked for, not after
+        if not self.poll_s > 0:
+            raise ValueError("poll_s must be positive")
+        if self.timeout_s is not None and not self.timeout_s >= 0:
+            raise ValueError("timeout_s must be None or at least 0")
+
+    def pause(self, job: FitJob) -> float | None:
+        """Seconds to wait before asking again; None once the job ended. FitTimeout past ``timeout_s``."""
+        if not job.running:
+            return None
+        left = math.inf if self.timeout_s is None else self.timeout_s - (time.monotonic() - self.start)
+        if left <= 0:
+            raise FitTimeout(job, self.timeout_s or 0.0)
+        return min(self.poll_s, left)
 
 
 class Operations:
@@ -222,6 +251,19 @@ class Operations:
         answer = (yield Request("POST", wire.path(name, "migrate"))).json()
         # the collection itself, or (like an import's answer) under "collection"
         return pick(CollectionInfo, answer["collection"] if "collection" in answer else answer)
+
+    def _fit_plan(self, name: str, body: dict[str, Any]) -> Plan[FitJob]:
+        """``body``: the FitRequest fields the caller gave; none is the server's measured recipe."""
+        return pick(FitJob, (yield Request("POST", wire.path(name, "fit"), json=body or None)).json())
+
+    def _fit_status_plan(self, name: str) -> Plan[FitJob]:
+        return pick(FitJob, (yield Request("GET", wire.path(name, "fit"))).json())
+
+    def _cancel_fit_plan(self, name: str) -> Plan[FitJob]:
+        return pick(FitJob, (yield Request("DELETE", wire.path(name, "fit"))).json())
+
+    def _collection_health_plan(self, name: str) -> Plan[dict[str, Any]]:
+        return (yield from self._json_plan(wire.path(name, "health")))
 
     def _collections_plan(self) -> Plan[list[CollectionInfo]]:
         resp = yield Request("GET", "/collections")

@@ -13,10 +13,11 @@ import httpx
 import numpy as np
 
 from .local import Dest, Sink, Source, source_bytes
-from .operations import DEFAULT_UPSERT_BATCH, Operations, given
+from .operations import DEFAULT_UPSERT_BATCH, FitWait, Operations, given
 from .types import (
     CollectionInfo,
     DeleteResult,
+    FitJob,
     ImportResult,
     Item,
     ItemPage,
@@ -112,13 +113,15 @@ class MonolithClient(Operations):
         *,
         index: dict[str, Any] | None = None,
         vectors: Literal["int8", "float16", "none"] | None = None,
+        auto_fit: bool | None = None,
     ) -> CollectionInfo:
         """Create a collection (or return the existing one, updating what is given).
         ``index``: how searches scan, ``{"kind": "flat"}`` (default) or ``{"kind": "ivf",
         "lists": 1024}`` (given for an existing collection, its index is rebuilt from the stored
         codes); ``vectors``: what it keeps beside the codes for re-scoring ("int8", "float16"
-        or "none"; server default if None)."""
-        body = given(description=description, index=index, vectors=vectors)
+        or "none"; server default if None); ``auto_fit``: whether it fits its own model as it
+        grows (server default, on, if None)."""
+        body = given(description=description, index=index, vectors=vectors, auto_fit=auto_fit)
         return self._run(self._create_plan(name, body))
 
     def train(self, name: str, lists: int | None = None) -> CollectionInfo:
@@ -129,6 +132,48 @@ class MonolithClient(Operations):
     def migrate(self, name: str) -> CollectionInfo:
         """Bring a collection's storage to this server's current format (POST .../migrate)."""
         return self._run(self._migrate_plan(name))
+
+    def fit(
+        self,
+        name: str,
+        *,
+        epochs: float | None = None,
+        lr: float | None = None,
+        parts: Literal["all", "decoder_codebooks"] | None = None,
+        held_out: float | None = None,
+        budget_seconds: float | None = None,
+        min_rows: int | None = None,
+        seed: int | None = None,
+        baselines: bool | None = None,
+        wait: bool = False,
+        poll_s: float = 1.0,
+        timeout_s: float | None = None,
+    ) -> FitJob:
+        """Start fitting the collection's own model on its kept vectors (a server-side job; the
+        options left None are the server's measured recipe). ``wait=True`` asks again every
+        ``poll_s`` until the job ends and returns how it ended; past ``timeout_s`` it raises
+        FitTimeout (the fit goes on). A collection without kept vectors is a MonolithError 422."""
+        watch = FitWait(poll_s, timeout_s)  # checks poll_s and timeout_s before anything is sent
+        body = given(epochs=epochs, lr=lr, parts=parts, held_out=held_out, budget_seconds=budget_seconds,
+                     min_rows=min_rows, seed=seed, baselines=baselines)
+        job = self._run(self._fit_plan(name, body))
+        while wait and (pause := watch.pause(job)) is not None:
+            time.sleep(pause)
+            job = self._run(self._fit_status_plan(name))
+        return job
+
+    def fit_status(self, name: str) -> FitJob:
+        """The collection's fit job: running, or how the last one since the server started ended
+        (none: MonolithError 404)."""
+        return self._run(self._fit_status_plan(name))
+
+    def cancel_fit(self, name: str) -> FitJob:
+        """Cancel the running fit, which leaves the collection as it was (none running: 404)."""
+        return self._run(self._cancel_fit_plan(name))
+
+    def collection_health(self, name: str) -> dict[str, Any]:
+        """Codebook health of the collection's codes (under its own model once fitted), like health()."""
+        return self._run(self._collection_health_plan(name))
 
     def list_collections(self) -> list[CollectionInfo]:
         return self._run(self._collections_plan())

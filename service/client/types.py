@@ -2,8 +2,8 @@
 
 Plain frozen dataclasses, built with :func:`pick`, which ignores fields a newer server may
 add, so an older client keeps working against a newer server. Fields the server sends only
-in some versions (``index``, ``vectors``, ``bytes_per_item``) have defaults, so a client that
-knows them also works against a server that does not send them yet.
+in some versions (``index``, ``vectors``, ``bytes_per_item``, ``auto_fit``, ``fit``) have
+defaults, so a client that knows them also works against a server that does not send them yet.
 """
 
 from __future__ import annotations
@@ -40,6 +40,17 @@ def detail_text(detail: Any) -> str:
     return str(detail)
 
 
+class FitTimeout(MonolithError, TimeoutError):
+    """``fit(wait=True)`` stopped waiting after ``timeout_s``. The fit itself goes on on the
+    server (``fit_status`` follows it, ``cancel_fit`` stops it); ``job`` is its last state."""
+
+    def __init__(self, job: FitJob, timeout_s: float) -> None:
+        self.job, self.status = job, None
+        self.detail = (f"fit {job.id} of {job.collection!r} still running after {timeout_s:g} s (phase {job.phase}, "
+                       f"{job.progress:.0%}); it goes on: fit_status() follows it, cancel_fit() stops it")
+        Exception.__init__(self, self.detail)
+
+
 def pick(cls: type[T], data: dict[str, Any], **extra: Any) -> T:
     """A result dataclass from an answer, ignoring fields a newer server may add."""
     names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
@@ -64,6 +75,32 @@ class CollectionInfo:
     index: dict[str, Any] = field(default_factory=dict)
     vectors: str | None = None  # stored vectors beside the codes: "int8", "float16" or "none"
     bytes_per_item: dict[str, Any] | None = None  # what an item costs, by part (codes, vectors, ...)
+    auto_fit: bool | None = None  # whether it fits its own model as it grows
+    fit: dict[str, Any] | None = None  # its own model ("model") and the last fit's "report"; None before any fit
+
+
+@dataclass(frozen=True)
+class FitJob:
+    """A collection's fit job (``GET /collections/{name}/fit``): running, or how it ended."""
+
+    id: str
+    collection: str
+    trigger: str  # "request" (asked for) or "auto" (started by the collection's growth)
+    recipe: dict[str, Any]  # the recipe overrides it runs with
+    status: str  # "running", "applied", "not_applied", "failed" or "cancelled"
+    phase: str  # snapshot, fit, baselines, report, encode, switch
+    progress: float  # share of the current phase done, 0-1
+    rows: int | None = None
+    created: str | None = None
+    finished: str | None = None
+    seconds: float | None = None
+    applied: bool | None = None
+    reason: str | None = None  # why it was not applied, failed or was cancelled
+    report: dict[str, Any] | None = None  # the held-out report (as in CollectionInfo.fit["report"])
+
+    @property
+    def running(self) -> bool:
+        return self.status == "running"
 
 
 @dataclass(frozen=True)

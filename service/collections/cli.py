@@ -172,6 +172,7 @@ def build(
     store = Store(data_dir, StoreModel.from_monolith(monolith))
     try:
         col = _open_collection(store, name, description, recreate, kept)  # type: ignore[arg-type]
+        encoder = col.encoder or monolith  # a fitted collection's codes are its own model's
         # The bar (stderr) moves every PROGRESS_ROWS items; writes still commit per --batch-size.
         with tqdm(total=n, unit="item", desc=f"build {name}", dynamic_ncols=True) as bar:
             for part in _batches(n, batch_size):
@@ -183,11 +184,12 @@ def build(
                     else:
                         assert lines is not None
                         x = monolith.embed_text(lines[rows])
-                    codes.append(monolith.encode(x))
+                    codes.append(encoder.encode(x))
                     inputs.append(x)
                     bar.update(rows.stop - rows.start)
                 payload = lines[part] if lines is not None and store_text else None
-                col.upsert(item_ids[part], np.concatenate(codes), metas[part], payload, np.concatenate(inputs))
+                col.upsert(item_ids[part], np.concatenate(codes), metas[part], payload, np.concatenate(inputs),
+                           encoder.weights_sha256)
                 bar.set_postfix(stored=part.stop)
         typer.echo(f"done: {name!r} holds {len(col)} items in {col.path}")
     finally:
@@ -277,7 +279,9 @@ def search(
     x = check_embeddings(monolith.embed_text(text) if text else np.array(_load_npy(npy, dim), np.float32), dim)
     exact = rescore if rescore is not None else col.vector_kind != "none"
     shortlist = candidates if candidates is not None else (RESCORE_CANDIDATES if exact else RERANK_CANDIDATES)
-    hits, metric = col.search(monolith.search_latent(x), x, k, shortlist, rescore=exact)
+    encoder = col.encoder or monolith  # a fitted collection is searched with its own model
+    hits, metric = col.search(encoder.search_latent(x), x, k, shortlist, rescore=exact,
+                              encoded_with=encoder.weights_sha256)
     for row in hits:
         typer.echo(json.dumps({"metric": metric, "hits": [h.__dict__ for h in row]}, ensure_ascii=False))
 

@@ -13,22 +13,32 @@ another connection changed the file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from service.collections import files, partitions, vectors
+from service.collections import files, fitted, partitions, vectors
 from service.collections.binding import StoreModel, check_compatible
-from service.collections.errors import CollectionBusy, CollectionCorrupt, CollectionNotFound, NoKeptVectors
+from service.collections.errors import (
+    CollectionBusy,
+    CollectionCorrupt,
+    CollectionNotFound,
+    ModelChanged,
+    NoKeptVectors,
+)
 from service.collections.filters import Filter, MetadataColumns
+from vqvae.api import Monolith
+from vqvae.health import CodebookHealth, codebook_health, count_codes
 from vqvae.ivf import IVFCodeIndex
 from vqvae.search import Backend, CodeIndex, SearchResult, rerank_by_cosine, swap_remove_plan
 
@@ -77,6 +87,13 @@ class CollectionInfo:
     index: dict[str, Any] = field(default_factory=dict)  # kind and, for IVF, lists/probe (``partitions``)
     vectors: str | None = None  # kept vectors: int8, float16 or none (``vectors``)
     bytes_per_item: dict[str, float] | None = None  # RAM and disk per item
+    auto_fit: bool | None = None  # fits itself as it grows (``fitting``)
+    fit: dict[str, Any] | None = None  # its own model and the fair report of the fit that made it
+
+
+def _binding(meta: dict[str, str]) -> tuple[str | None, ...]:
+    """What in ``meta`` says which model made the codes."""
+    return meta.get(fitted.META_KEY), meta.get("weights_sha256"), meta.get("checkpoint_sha256")
 
 
 class Collection:
@@ -85,11 +102,12 @@ class Collection:
     def __init__(self, name: str, path: Path, model: StoreModel, synchronous: str, backend: Backend) -> None:
         self.name = name
         self.path = path
-        self.model = model
+        self.server_model = model
+        self.own: Monolith | None = None  # the collection's own model, once fitted (``fitted``)
         self._lock = threading.RLock()
         self._closed = False
         meta = files.read_meta(path)
-        check_compatible(name, meta, model)
+        self.model = self._model_for(meta)
         self.meta = meta
         self.conn = files.connect(path, synchronous)
         files.upgrade(self.conn, self.meta)  # a version 1 file gains the (empty) vector column
@@ -98,6 +116,33 @@ class Collection:
         self.columns = MetadataColumns()  # metadata of the keys filters use, by row (``filters``)
         self._data_version = -1
         self._reload()
+
+    def _model_for(self, meta: dict[str, str]) -> StoreModel:
+        """The model whose codes the file holds: its own fitted model where ``meta`` names one
+        (``fitted``), else the server's checkpoint, which must be the one that made them."""
+        own = meta.get(fitted.META_KEY)
+        if not own:
+            check_compatible(self.name, meta, self.server_model)
+            self.own = None
+            return self.server_model
+        files.check_schema(self.name, meta)
+        self.own, model = fitted.store_model(self.path, own)
+        if not model.made(meta):
+            raise CollectionCorrupt(f"collection {self.name!r}: its codes name weights {meta.get('weights_sha256')} "
+                                    f"but its fitted model is {own}")
+        return model
+
+    @property
+    def encoder(self) -> Monolith | None:
+        """The collection's own model when it has one (encode its items and queries with it);
+        None: the server's."""
+        return self.own
+
+    def check_encoded_with(self, weights_sha256: str | None) -> None:
+        """``ModelChanged`` when codes or query latents made by ``weights_sha256`` are not the
+        collection's model's any more (a fit switched in between); the caller encodes again."""
+        if weights_sha256 is not None and weights_sha256 != self.model.weights_sha256:
+            raise ModelChanged(f"collection {self.name!r} switched to model {self.model.weights_sha256} meanwhile")
 
     @property
     def vector_kind(self) -> str:
@@ -122,7 +167,10 @@ class Collection:
         """Rebuild the index from SQLite (at open, and after another process wrote)."""
         t0 = time.perf_counter()
         self._data_version = self.conn.execute("PRAGMA data_version").fetchone()[0]
-        self.meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())  # index config may change
+        meta = dict(self.conn.execute("SELECT key, value FROM meta").fetchall())  # index config may change
+        if _binding(meta) != _binding(self.meta):  # a fit or a migration switched the model
+            self.model = self._model_for(meta)
+        self.meta = meta
         n = self.conn.execute("SELECT count(*) FROM items").fetchone()[0]
         index = self._new_index(self.index.backend)
         index.reserve(n)
@@ -190,6 +238,20 @@ class Collection:
             self._reload()
             raise
 
+    @contextlib.contextmanager
+    def switching(self, reload: bool = True) -> Iterator[sqlite3.Connection]:
+        """The collection's connection with its lock held, for a job that switches its codes and
+        model in one transaction (a fit): no write or search of this process runs meanwhile, and
+        the index and model are rebuilt from the file when the block ends (``reload=False``: for
+        changes that leave items and meta alone, such as the fit's write tracking)."""
+        with self._lock:
+            self.sync()
+            try:
+                yield self.conn
+            finally:
+                if reload:
+                    self._reload()
+
     def close(self) -> None:
         with self._lock:
             if not self._closed:
@@ -219,7 +281,24 @@ class Collection:
                 index=partitions.describe(self.index, self.meta),
                 vectors=self.vector_kind,
                 bytes_per_item=self._bytes_per_item(),
+                auto_fit=self.meta.get("auto_fit", "true") == "true",
+                fit=self._fit_info(),
             )
+
+    def _fit_info(self) -> dict[str, Any] | None:
+        """The collection's own model (weights, provenance) and the report of the fit that made it
+        (or of the last fit, when it was not applied); None before any fit."""
+        report = json.loads(self.meta[fitted.REPORT_KEY]) if self.meta.get(fitted.REPORT_KEY) else None
+        if self.own is None and report is None:
+            return None
+        model = None
+        if self.own is not None:
+            prov = self.own.checkpoint.metadata.get("provenance") or {}
+            model = {"weights_sha256": self.model.weights_sha256, "fitted_from": prov.get("fitted_from"),
+                     "fitted_from_weights_sha256": prov.get("fitted_from_weights_sha256"),
+                     "rows": (prov.get("fit") or {}).get("rows"), "created": (prov.get("fit") or {}).get("created"),
+                     "recipe": (prov.get("fit") or {}).get("recipe")}
+        return {"model": model, "report": report}
 
     def _bytes_per_item(self) -> dict[str, float]:
         """RAM: the index's bytes (codes, and lists for IVF) per item; disk: the file per item,
@@ -227,6 +306,16 @@ class Collection:
         n = max(len(self.index), 1)
         return {"ram": round(self.index.nbytes / n, 2), "disk": round(files.size_on_disk(self.path) / n, 1),
                 "vector": float(vectors.row_bytes(self.vector_kind, self.model.input_dim))}
+
+    def codebook_health(self) -> CodebookHealth:
+        """Usage, entropy and Zipf fit of the collection's codes, per head, under its model."""
+        counts = np.zeros((self.model.num_heads, self.model.codebook_size), dtype=np.int64)
+        with self._lock:
+            self.sync()
+            cur = self.conn.execute("SELECT slot, codes FROM items")
+            while rows := cur.fetchmany(LOAD_CHUNK):
+                counts += count_codes(self._stored_codes(rows), self.model.codebook_size)
+        return codebook_health(counts)
 
     def get(self, item_id: str) -> StoredItem | None:
         with self._lock:
@@ -356,6 +445,7 @@ class Collection:
         score_threshold: float | None = None,
         probe: int | None = None,
         rescore: bool = False,
+        encoded_with: str | None = None,
     ) -> tuple[list[list[Hit]], str]:
         """Top-k hits per query; see :meth:`vqvae.search.CodeIndex.search` for the scores.
 
@@ -372,6 +462,7 @@ class Collection:
                                 "\"float16\" and upsert its items again")
         with self._lock:
             self.sync()
+            self.check_encoded_with(encoded_with)
             res = self._scan(z_e, queries, k, candidates, flt, probe, rescore)
             found = self._items_at(np.unique(res.rows[res.rows >= 0]).tolist())
         return self._hits(res, found, score_threshold), res.metric
@@ -444,11 +535,13 @@ class Collection:
         metadata: Sequence[str | dict[str, Any] | None] | None = None,
         texts: Sequence[str | None] | None = None,
         inputs: np.ndarray | None = None,
+        encoded_with: str | None = None,
     ) -> UpsertStats:
         """Insert or replace items (a known id keeps its row). ``metadata``: JSON objects as
         dicts or as JSON text (the server passes text it has already size-checked). ``inputs``:
         the float vectors the codes were made from, kept as the collection's ``vectors`` kind says
-        (in the same transaction as the codes).
+        (in the same transaction as the codes). ``encoded_with``: the weights that made ``codes``;
+        ``ModelChanged`` if the collection has switched from them (nothing is written).
 
         Durable when this returns: the transaction has committed.
         """
@@ -465,6 +558,7 @@ class Collection:
         kept = self._pack_inputs(inputs, n_items)
         with self._lock:
             self.sync()
+            self.check_encoded_with(encoded_with)
             with files.transaction(self.conn):
                 existing = self._slots_of(ids)
                 n = len(self.index)
@@ -587,6 +681,13 @@ class Collection:
             self._reload()
             self.train_if_due()
             return True
+
+    def set_meta(self, rows: dict[str, str]) -> None:
+        """Set settings rows of ``meta`` (e.g. ``auto_fit``) in one transaction."""
+        with self._lock:
+            self.sync()
+            files.write_meta(self.conn, rows)
+            self.meta.update(rows)
 
     def set_description(self, description: str) -> None:
         with self._lock:

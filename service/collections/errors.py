@@ -62,3 +62,16 @@ class NotMigratable(StoreError):
 
 class NoKeptVectors(StoreError):
     """Exact rescoring asked of a collection that keeps no vectors."""
+
+
+class CannotFit(StoreError):
+    """A fit asked of a collection that cannot be fitted (no kept vectors, too few items, a bad recipe)."""
+
+
+class NoFit(StoreError):
+    """No fit of this collection is known (GET), or none is running (DELETE)."""
+
+
+class ModelChanged(StoreError):
+    """The collection switched to another model between encoding a request and storing or
+    searching it: the caller encodes again with the collection's model (never surfaces)."""

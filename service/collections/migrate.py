@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from service.collections import files, partitions, vectors
+from service.collections import files, fitted, partitions, vectors
 from service.collections.binding import made_with
 from service.collections.collection import Collection
 from service.collections.errors import CollectionBusy, NotMigratable
@@ -163,6 +163,7 @@ class Migration:
             self.abort()
         self.result.seconds = time.perf_counter() - self._t0
         self.store.forget(self.name)
+        fitted.prune(self.path, None)
         col = self.store.get(self.name)
         col.train_if_due()
         log.info("collection %s migrated from %s: %d items (%d from kept vectors, %d from texts) in %.1fs",
@@ -187,7 +188,9 @@ class Migration:
             rows = {**model.file_meta(), "migrated": json.dumps({
                 **self.result.previous, "at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "items": self.result.items})}
-            self.conn.execute(f"DELETE FROM meta WHERE key IN ('weights_sha256', '{partitions.META_CENTROIDS}')")
+            gone = ("weights_sha256", partitions.META_CENTROIDS, fitted.META_KEY, fitted.REPORT_KEY, "fitted_rows",
+                    "fit_attempt_rows")  # a fitted collection starts again from the checkpoint (and fits again)
+            self.conn.execute(f"DELETE FROM meta WHERE key IN ({','.join('?' * len(gone))})", gone)
             self.conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", rows.items())
             self.conn.execute("DROP TABLE migration")
 

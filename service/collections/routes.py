@@ -23,8 +23,8 @@ from service import validation
 from service.batcher import MicroBatcher
 from service.collections import migrate, transfer
 from service.collections.checks import item_embedding, item_ids, item_metadata, item_text, search_limits
-from service.collections.collection import CollectionInfo, StoredItem
-from service.collections.errors import ItemNotFound
+from service.collections.collection import Collection, CollectionInfo, StoredItem
+from service.collections.errors import ItemNotFound, ModelChanged
 from service.collections.filters import Filter, parse_filter
 from service.collections.schemas import (
     MAX_PAGE,
@@ -34,6 +34,8 @@ from service.collections.schemas import (
     Deleted,
     DeletedMany,
     DeleteRequest,
+    FitJobOut,
+    FitRequest,
     ImportResponse,
     ItemCount,
     ItemIds,
@@ -49,9 +51,9 @@ from service.collections.schemas import (
     UpsertRequest,
     UpsertResponse,
 )
-from service.deps import AppSettings, Batcher, Collections
+from service.deps import AppSettings, Batcher, Collections, Fits
 from service.errors import InvalidInput
-from service.schemas import ErrorResponse
+from service.schemas import CodebookHealthResponse, ErrorResponse
 from service.settings import Settings
 
 router = APIRouter(tags=["collections"])
@@ -94,7 +96,8 @@ async def create_collection(
     description = body.description if body is not None else None
     index = body.index if body is not None else None
     kept = body.vectors if body is not None else None
-    col, created = await run_in_threadpool(store.create, name, description, index, kept)
+    auto_fit = body.auto_fit if body is not None else None
+    col, created = await run_in_threadpool(store.create, name, description, index, kept, auto_fit)
     if not created:
         response.status_code = status.HTTP_200_OK
     return _out(await run_in_threadpool(col.info))
@@ -138,6 +141,51 @@ async def migrate_collection(name: Name, store: Collections, batcher: Batcher) -
         raise
     return MigrateResponse(collection=_out(await run_in_threadpool(col.info)),
                            migration=MigrationOut(**mig.result.public()))
+
+
+@router.post(
+    "/collections/{name}/fit",
+    response_model=FitJobOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={**ERRORS,
+               409: {**_ERR, "description": "A fit or migration of it is running"},
+               422: {**_ERR, "description": "It keeps no vectors, has fewer items than a fit needs, or the recipe "
+                     "is invalid"}},
+    summary="Start fitting the collection's own model on its kept vectors (a background job)",
+    description="Fine-tunes the server's checkpoint on the collection's kept vectors in a background process, "
+    "judges it on a held-out split against the current model and faiss fitted on the same rows, re-encodes every "
+    "item and switches atomically; applied only if it beats the current model. Follow it with GET, cancel with "
+    "DELETE. docs/collections.md, \"Fitting a collection\".",
+)
+async def start_fit(name: Name, fits: Fits, body: FitRequest | None = None) -> FitJobOut:
+    body = body or FitRequest()
+    job = await run_in_threadpool(fits.start, name, body.recipe(), "request", body.baselines)
+    return FitJobOut(**job.public())
+
+
+@router.get("/collections/{name}/fit", response_model=FitJobOut,
+            responses={**ERRORS, 404: {**_ERR, "description": "Unknown collection, or no fit of it since the "
+                                      "server started"}},
+            summary="The collection's fit job: state, progress and result")
+async def get_fit(name: Name, store: Collections, fits: Fits) -> FitJobOut:
+    await run_in_threadpool(store.get, name)
+    return FitJobOut(**fits.get(name).public())
+
+
+@router.delete("/collections/{name}/fit", response_model=FitJobOut,
+               responses={**ERRORS, 404: {**_ERR, "description": "Unknown collection, or no fit of it running"}},
+               summary="Cancel the collection's running fit (the collection is left as it was)")
+async def cancel_fit(name: Name, store: Collections, fits: Fits) -> FitJobOut:
+    await run_in_threadpool(store.get, name)
+    return FitJobOut(**(await run_in_threadpool(fits.cancel, name)).public())
+
+
+@router.get("/collections/{name}/health", response_model=CodebookHealthResponse, responses=ERRORS,
+            summary="Codebook health of the collection's codes (under its own model once fitted)")
+async def collection_health(name: Name, store: Collections) -> CodebookHealthResponse:
+    col = await run_in_threadpool(store.get, name)
+    health = await run_in_threadpool(col.codebook_health)
+    return CodebookHealthResponse(**health.model_dump(), source="collection")
 
 
 async def _embed_stored(batcher: MicroBatcher, texts: list[str]) -> np.ndarray:
@@ -195,18 +243,37 @@ async def _item_vectors(req: UpsertRequest, batcher: MicroBatcher, settings: Set
     summary="Upsert items (durable when answered)",
 )
 async def upsert_items(
-    name: Name, req: UpsertRequest, batcher: Batcher, store: Collections, settings: AppSettings
+    name: Name, req: UpsertRequest, batcher: Batcher, store: Collections, settings: AppSettings, fits: Fits
 ) -> UpsertResponse:
     validation.batch_size(len(req.items), settings.max_batch)
     col = await run_in_threadpool(store.get, name)
     ids = item_ids(req, settings)
     metadata = item_metadata(req, settings)
     x = await _item_vectors(req, batcher, settings)
-    codes = await batcher.encode(x)
     texts = [item.text for item in req.items]
-    stats = await run_in_threadpool(col.upsert, ids, codes, metadata, texts, x)
+    for attempt in range(SWITCH_RETRIES):
+        codes, weights = await _encode_for(col, batcher, x)
+        try:
+            stats = await run_in_threadpool(col.upsert, ids, codes, metadata, texts, x, weights)
+            break
+        except ModelChanged:
+            if attempt == SWITCH_RETRIES - 1:
+                raise
+    await run_in_threadpool(fits.maybe_auto, col)
     return UpsertResponse(collection=name, upserted=len(ids), inserted=stats.inserted, updated=stats.updated,
                           count=stats.count)
+
+
+SWITCH_RETRIES = 3  # encodes of one request when its collection switches model meanwhile (a fit)
+
+
+async def _encode_for(col: Collection, batcher: MicroBatcher, x: np.ndarray) -> tuple[np.ndarray, str]:
+    """Codes of ``x`` by the collection's model (its own once fitted, else the server's, through the
+    micro-batcher) and the weights that made them, which the collection checks when it stores them."""
+    own = col.encoder
+    if own is None:
+        return await batcher.encode(x), batcher.monolith.weights_sha256
+    return await batcher.call(own.encode, x, False), own.weights_sha256
 
 
 def _item(item: StoredItem) -> ItemOut:
@@ -360,11 +427,18 @@ async def search(
     candidates = search_limits(req, settings, rescore)
     await run_in_threadpool(col.prepare_filter, flt)
     x = await _query_vectors(req, batcher, settings)
-    monolith = batcher.monolith
 
     def run() -> tuple[list[list[Any]], str]:
-        return col.search(monolith.search_latent(x), x, req.k, candidates, flt, req.score_threshold, req.probe,
-                          rescore)
+        monolith = col.encoder or batcher.monolith  # the collection's own model once fitted
+        for attempt in range(SWITCH_RETRIES):
+            try:
+                return col.search(monolith.search_latent(x), x, req.k, candidates, flt, req.score_threshold,
+                                  req.probe, rescore, monolith.weights_sha256)
+            except ModelChanged:
+                if attempt == SWITCH_RETRIES - 1:
+                    raise
+                monolith = col.encoder or batcher.monolith
+        raise AssertionError("unreachable")
 
     hits, metric = await batcher.call(run)
     results = [[SearchHit(id=h.id, score=h.score, metadata=h.metadata, text=h.text) for h in row] for row in hits]

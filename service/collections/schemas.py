@@ -45,6 +45,9 @@ class CollectionCreate(BaseModel):
         "migration: 'int8' (default, 388 bytes an item), 'float16' (768 bytes) or 'none' (codes only). RAM holds "
         "only the codes either way; an existing collection keeps its kind",
     )
+    auto_fit: bool | None = Field(
+        None, description="Whether the collection fits its own model as it grows (default true): at "
+        "MONOLITH_AUTO_FIT_AT items, then after each MONOLITH_AUTO_FIT_GROWTH-fold growth (needs kept vectors)")
 
 
 class TrainRequest(BaseModel):
@@ -76,6 +79,12 @@ class CollectionOut(BaseModel):
     bytes_per_item: dict[str, float] | None = Field(
         None, description="'ram': index bytes per item (the codes, and IVF lists); 'disk': file bytes per item; "
         "'vector': bytes of one kept vector")
+    auto_fit: bool | None = Field(None, description="Whether it fits its own model as it grows")
+    fit: dict[str, Any] | None = Field(
+        None, description="Its own model ('model': weights_sha256, fitted_from, rows, created, recipe; null while it "
+        "uses the server's checkpoint) and the report of the fit that made it, or of the last fit when none was "
+        "applied ('report': recall 10@10 on the held-out rows of generic, adapted, faiss OPQ4,PQ4 and LSQ4x8 fitted "
+        "on the same rows, with paired SEs, fit seconds); null before any fit")
 
 
 class CollectionList(BaseModel):
@@ -257,3 +266,47 @@ class MigrationOut(BaseModel):
 class MigrateResponse(BaseModel):
     collection: CollectionOut
     migration: MigrationOut
+
+
+class FitRequest(BaseModel):
+    """Overrides of the fit recipe (docs/training.md, "Fitting codes to a collection"); empty: the
+    measured recipe."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"epochs": 20, "baselines": True}]})
+
+    epochs: float | None = Field(None, gt=0, le=1000, description="Passes over the training rows (default 20)")
+    lr: float | None = Field(None, gt=0, le=1, description="Peak learning rate (default 2e-3)")
+    parts: Literal["all", "decoder_codebooks"] | None = Field(
+        None, description="What moves: every weight (default) or the decoder and codebooks only")
+    held_out: float | None = Field(None, gt=0, lt=1, description="Share of the items held out (default 0.2, "
+                                   "at most 2,000)")
+    budget_seconds: float | None = Field(None, gt=0, description="CPU seconds the training may take at most")
+    min_rows: int | None = Field(None, ge=50, description="Fewest items accepted (default: the measured 1,000)")
+    seed: int | None = Field(None, ge=0)
+    baselines: bool | None = Field(None, description="Fit faiss OPQ4,PQ4 and LSQ4x8 on the same rows for the report "
+                                   "(default MONOLITH_FIT_BASELINES, on)")
+
+    def recipe(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump(exclude={"baselines"}).items() if v is not None}
+
+
+class FitJobOut(BaseModel):
+    """A fit job: running, or how it ended."""
+
+    id: str
+    collection: str
+    trigger: Literal["request", "auto"] = Field(description="Asked by POST, or started by the collection's growth")
+    recipe: dict[str, Any] = Field(description="The recipe overrides it runs with")
+    status: Literal["running", "applied", "not_applied", "failed", "cancelled"] = Field(
+        description="applied: the collection now uses the fitted model; not_applied: it did not beat the current "
+        "model on the held-out rows (see reason); failed: see reason, the collection is unchanged")
+    phase: str = Field(description="snapshot, fit, baselines, report, encode, switch")
+    progress: float = Field(description="Share of the current phase done, 0-1")
+    rows: int | None = Field(None, description="Items it fits on")
+    created: str
+    finished: str | None = None
+    seconds: float | None = None
+    applied: bool | None = None
+    reason: str | None = Field(None, description="Why it was not applied, failed or was cancelled")
+    report: dict[str, Any] | None = Field(None, description="The fair report on the held-out rows (as in "
+                                          "GET /collections/{name} 'fit.report')")

@@ -14,7 +14,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from service.collections import files, partitions, vectors
+from service.collections import files, fitted, partitions, vectors
 from service.collections.binding import StoreModel, check_compatible
 from service.collections.collection import Collection, CollectionInfo
 from service.collections.errors import (
@@ -22,10 +22,12 @@ from service.collections.errors import (
     CollectionBusy,
     CollectionExists,
     CollectionNotFound,
+    InvalidExport,
     InvalidName,
     SettingsConflict,
     StoreError,
 )
+from vqvae.checkpoint import CHECKSUM_KEY, CheckpointError, read_metadata
 from vqvae.search import DEFAULT_BACKEND, Backend
 
 log = logging.getLogger(__name__)
@@ -94,13 +96,14 @@ class Store:
 
     def create(
         self, name: str, description: str | None = None, index: partitions.IndexSpec | None = None,
-        kept: vectors.VectorKind | None = None,
+        kept: vectors.VectorKind | None = None, auto_fit: bool | None = None,
     ) -> tuple[Collection, bool]:
         """Create a collection (atomically: built under a temp name, then hard-linked into
         place, which fails if the name exists). Returns it and whether it is new. ``index``:
         flat or partitioned (``partitions``); given for an existing collection, its index is
         rebuilt that way from the stored codes. ``kept``: what it keeps of each input vector
-        (default int8); an existing collection keeps its kind (``SettingsConflict`` if asked another)."""
+        (default int8); an existing collection keeps its kind (``SettingsConflict`` if asked another).
+        ``auto_fit``: whether it fits its own model as it grows (default on; may change later)."""
         path = self.path(name)
         with self._lock:
             if path.exists():
@@ -114,11 +117,14 @@ class Store:
                     col.set_description(description)
                 if index is not None:
                     col.set_index(index)
+                if auto_fit is not None and auto_fit != (col.meta.get("auto_fit", "true") == "true"):
+                    col.set_meta({"auto_fit": str(auto_fit).lower()})
                 return col, False
             tmp = self.root / f".{name}.{uuid.uuid4().hex}.creating"
             try:
                 meta = {**self.model.file_meta(), **partitions.meta_for(index),
-                        vectors.META_KEY: kept or vectors.DEFAULT_KIND}
+                        vectors.META_KEY: kept or vectors.DEFAULT_KIND,
+                        "auto_fit": "false" if auto_fit is False else "true"}
                 files.create_file(tmp, meta, self.model.num_heads, description)
                 try:
                     os.link(tmp, path)
@@ -155,14 +161,27 @@ class Store:
         :meth:`install` puts it in place; never listed or opened as a collection."""
         return self.root / f".{validate_name(name)}.{uuid.uuid4().hex}.importing"
 
-    def install(self, name: str, built: Path, replace: bool = False) -> tuple[Collection, bool]:
+    def install(self, name: str, built: Path, replace: bool = False,
+                model_file: Path | None = None) -> tuple[Collection, bool]:
         """Put a complete collection file ``built`` (from :meth:`staging_path`) in place as
         ``name``; returns it and whether the name was new. An existing collection is refused
-        (``CollectionExists``) unless ``replace``: then it is deleted first, so requests in
-        between see no collection rather than a mix of two. ``built`` is removed either way."""
+        (``CollectionExists``) unless ``replace``: then it is deleted first (its own model too), so
+        requests in between see no collection rather than a mix of two. ``built`` is removed either way.
+
+        A file whose meta names its own model (``fitted``) needs that model's checkpoint as
+        ``model_file`` (an import carries it): its codes are bound to it, not to the server's
+        checkpoint, so it installs on any server. The model is placed in the collection's models
+        folder, durably, before the file is linked into place (``InvalidExport`` if its weights are
+        not the ones the file names)."""
         path = self.path(name)
         try:
-            check_compatible(name, files.read_meta(built), self.model)
+            meta = files.read_meta(built)
+            own = meta.get(fitted.META_KEY)
+            if own:
+                files.check_schema(name, meta)
+                self._check_model_file(name, meta, model_file)
+            else:
+                check_compatible(name, meta, self.model)
             with self._lock:
                 existed = path.exists()
                 if existed and not replace:
@@ -171,16 +190,57 @@ class Store:
                         "replace it, or import under another name"
                     )
                 if existed:
-                    self.drop(name)
+                    self.drop(name)  # its models folder goes with it
+                if own:
+                    assert model_file is not None
+                    self._install_model(name, path, own, model_file)
                 try:
                     os.link(built, path)
                 except FileExistsError:
+                    if own:  # another process created it meanwhile: leave it its own model only
+                        with contextlib.suppress(StoreError, OSError):
+                            fitted.prune(path, files.read_meta(path).get(fitted.META_KEY) or None)
                     raise CollectionExists(f"collection {name!r} was created meanwhile; nothing was replaced") from None
+                if own:
+                    fitted.prune(path, own)  # files an earlier collection of that name left behind
                 files.fsync_dir(self.root)
                 log.info("collection %s %s from an import", name, "replaced" if existed else "created")
                 return self.get(name), not existed
         finally:
             files.remove_files(built)
+
+    @staticmethod
+    def _check_model_file(name: str, meta: dict[str, str], model_file: Path | None) -> None:
+        """Before anything is replaced: ``model_file`` must be the model ``meta`` names (its
+        recorded weights checksum; the full check is the load in :meth:`_install_model`)."""
+        own = meta[fitted.META_KEY]
+        if model_file is None:
+            raise InvalidExport(f"collection {name!r}: its codes belong to its own model {own}, which did not "
+                                "come with it; nothing was written")
+        if meta.get("weights_sha256") != own:
+            raise InvalidExport(f"collection {name!r}: its codes name weights {meta.get('weights_sha256')} but its "
+                                f"own model is {own}; nothing was written")
+        try:
+            recorded = read_metadata(model_file).get(CHECKSUM_KEY)
+        except CheckpointError as exc:
+            raise InvalidExport(f"collection {name!r}: its model is not a usable checkpoint ({exc}); "
+                                "nothing was written") from None
+        if recorded is not None and recorded != own:
+            raise InvalidExport(f"collection {name!r}: its model holds weights {recorded}, not the {own} its codes "
+                                "belong to; nothing was written")
+
+    @staticmethod
+    def _install_model(name: str, path: Path, own: str, model_file: Path) -> None:
+        try:
+            installed = fitted.install(path, model_file)
+        except CheckpointError as exc:
+            fitted.remove_all(path)
+            raise InvalidExport(f"collection {name!r}: its model is not a usable checkpoint ({exc}); "
+                                "nothing was written") from None
+        if installed != own:
+            fitted.remove_all(path)
+            raise InvalidExport(f"collection {name!r}: its model holds weights {installed}, not the {own} its codes "
+                                "belong to; nothing was written")
 
     def drop(self, name: str) -> None:
         path = self.path(name)
@@ -191,6 +251,7 @@ class Store:
             if not path.exists():
                 raise CollectionNotFound(f"collection {name!r} not found")
             files.remove_files(path)
+            fitted.remove_all(path)
             files.fsync_dir(self.root)
             log.info("collection %s deleted", name)
 

@@ -2,24 +2,35 @@
 
 The file is gzip-compressed UTF-8 JSON lines (``zcat wiki.monolith.gz | head`` shows it):
 
-1. a header: ``{"format": "monolith-collection", "format_version": 2, "name", "description",
+1. a header: ``{"format": "monolith-collection", "format_version": 3, "name", "description",
    "created", "exported", "checkpoint_sha256", "weights_sha256", "model", "num_heads", "codebook_size",
-   "count", "vectors", "collection_meta"}``. An import is refused unless the serving checkpoint has those
-   weights (``StoreModel.made``); ``collection_meta`` holds the index settings of a partitioned
-   collection (``partitions.META_KEYS``), so that a copy keeps its lists;
-2. ``count`` items in index order: ``{"id", "codes": [c0, c1, c2, c3], "metadata", "text", "vector"}``,
+   "count", "vectors", "collection_meta", "fit_meta", "model_file"}``. An import is refused unless the
+   serving checkpoint has those weights (``StoreModel.made``), or the file carries the collection's
+   own model (``fitted``) and the weights are that one's; ``collection_meta`` holds the index settings
+   of a partitioned collection (``partitions.META_KEYS``), so that a copy keeps its lists;
+   ``fit_meta`` its fit rows (``FIT_META``: ``fitted_model``, the own model's weights sha256, where
+   it has one); ``model_file`` is null, or ``{"weights_sha256", "sha256", "bytes"}`` of that model's
+   safetensors file when ``fit_meta`` names one;
+2. (version 3, a fitted collection) the model file: ``{"model_chunk": i, "base64": "..."}`` lines,
+   i = 0, 1, …, of at most ``MODEL_CHUNK`` bytes each, until ``model_file.bytes`` are given; their
+   bytes must have ``model_file.sha256`` and be a checkpoint of those weights;
+3. ``count`` items in index order: ``{"id", "codes": [c0, c1, c2, c3], "metadata", "text", "vector"}``,
    ``vector`` the kept vector's blob (``service.collections.vectors``, of the header's ``vectors``
-   kind) in base64, or null. Version 1 files (no kept vectors) still import, keeping none;
-3. a trailer: ``{"end": true, "count": N, "sha256": "<hex>"}``, the sha256 of every
-   (uncompressed) byte before the trailer line.
+   kind) in base64, or null. Version 1 files (no kept vectors) still import, keeping none; version 1
+   and 2 files carry no model (their codes are the server checkpoint's);
+4. a trailer: ``{"end": true, "count": N, "sha256": "<hex>"}``, the sha256 of every
+   (uncompressed) byte before the trailer line (the model's lines included).
 
 An export reads one snapshot of the file (one SQLite read transaction), so exporting a live
 collection while it is written is safe and consistent. Items keep their order, so an imported
 collection has the same rows in the same order and answers every search exactly as the
 original did (ties included). Import checks the header before reading further (another
-checkpoint's codes: ``CheckpointMismatch``, 409), then every item and the trailer's count and
-checksum (``InvalidExport``, 422, for a truncated, altered or foreign file), writing into a
-hidden file beside the collections that is put in place only when all of it checked out.
+checkpoint's codes: ``CheckpointMismatch``, 409), then the model it carries, every item and the
+trailer's count and checksum (``InvalidExport``, 422, for a truncated, altered or foreign file),
+writing into a hidden file beside the collections that is put in place only when all of it checked
+out. A fitted collection's codes are bound to the model it carries, so it imports on a server of
+any checkpoint: ``Store.install`` places that model in the collection's models folder before the
+file.
 """
 
 from __future__ import annotations
@@ -41,15 +52,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from service.collections import files, partitions, vectors
+from service.collections import files, fitted, partitions, vectors
 from service.collections.binding import StoreModel, made_with
 from service.collections.collection import Collection
-from service.collections.errors import CheckpointMismatch, CollectionExists, InvalidExport
+from service.collections.errors import CheckpointMismatch, CollectionCorrupt, CollectionExists, InvalidExport
 from service.collections.store import Store
+from vqvae.api import Monolith
+from vqvae.checkpoint import CheckpointError, load_checkpoint
 
 FORMAT = "monolith-collection"
-FORMAT_VERSION = 2  # 2: kept vectors (header "vectors", item "vector")
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # 2: kept vectors (header "vectors", item "vector"); 3: fit rows and the own model
+READABLE_VERSIONS = (1, 2, 3)
 SUFFIX = ".monolith.gz"
 MEDIA_TYPE = "application/gzip"
 ROWS_PER_CHUNK = 4096  # items read, encoded and compressed at a time
@@ -58,6 +71,10 @@ INSERT_BATCH = 8192
 INSERT_ITEM = "INSERT INTO items (slot, id, codes, metadata, text, vector) VALUES (?, ?, ?, ?, ?, ?)"
 ITEM_KEYS = frozenset({"id", "codes", "metadata", "text", "vector"})
 CARRIED_META = partitions.META_KEYS  # collection settings beyond the model's that travel with it
+FIT_META = (fitted.META_KEY, fitted.REPORT_KEY, "fitted_rows", "fit_attempt_rows", "auto_fit")  # ``fitting``
+MODEL_CHUNK = 4 * 1024 * 1024  # model bytes per line (base64: 5.6 MB, under MAX_LINE_BYTES)
+MAX_MODEL_BYTES = 1024 * 1024 * 1024
+MODEL_SUFFIX = ".model"  # the carried model, written beside the staged collection file
 
 Progress = Callable[[int, int], None]  # (items done, items in all)
 
@@ -72,10 +89,15 @@ def _dump(value: Any) -> str:
 def export_lines(path: Path, name: str, progress: Progress | None = None) -> Iterator[bytes]:
     """The uncompressed lines of ``path``'s export, read in one snapshot."""
     conn = files.connect(path, "FULL", readonly=True)
+    model_fh: IO[bytes] | None = None
     try:
         with files.read_snapshot(conn):
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             count = conn.execute("SELECT count(*) FROM items").fetchone()[0]
+            own = meta.get(fitted.META_KEY)
+            model_file = None
+            if own:  # opened at once: a fit switching meanwhile may delete it, not this snapshot's copy
+                model_fh, model_file = _open_model(path, name, own)
             header = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -91,11 +113,17 @@ def export_lines(path: Path, name: str, progress: Progress | None = None) -> Ite
                 "count": count,
                 "vectors": meta.get(vectors.META_KEY, "none"),
                 "collection_meta": {k: meta[k] for k in CARRIED_META if k in meta},
+                "fit_meta": {k: meta[k] for k in FIT_META if k in meta},
+                "model_file": model_file,
             }
             digest = hashlib.sha256()
             line = (_dump(header) + "\n").encode()
             digest.update(line)
             yield line
+            if model_fh is not None:
+                for chunk in _model_lines(model_fh):
+                    digest.update(chunk)
+                    yield chunk
             done = 0
             cur = conn.execute("SELECT id, codes, metadata, text, vector FROM items ORDER BY slot")
             while rows := cur.fetchmany(ROWS_PER_CHUNK):
@@ -120,6 +148,31 @@ def export_lines(path: Path, name: str, progress: Progress | None = None) -> Ite
             yield (_dump({"end": True, "count": count, "sha256": digest.hexdigest()}) + "\n").encode()
     finally:
         conn.close()
+        if model_fh is not None:
+            model_fh.close()
+
+
+def _open_model(path: Path, name: str, weights_sha256: str) -> tuple[IO[bytes], dict[str, Any]]:
+    """The collection's own model file, open, and what the header says of it (its bytes' sha256)."""
+    try:
+        fh = fitted.model_path(path, weights_sha256).open("rb")
+    except FileNotFoundError:
+        raise CollectionCorrupt(f"collection {name!r}: its fitted model {weights_sha256} is missing (a fit "
+                                "switched it meanwhile?); export it again") from None
+    h = hashlib.sha256()
+    size = 0
+    while block := fh.read(MODEL_CHUNK):
+        h.update(block)
+        size += len(block)
+    fh.seek(0)
+    return fh, {"weights_sha256": weights_sha256, "sha256": h.hexdigest(), "bytes": size}
+
+
+def _model_lines(fh: IO[bytes]) -> Iterator[bytes]:
+    i = 0
+    while block := fh.read(MODEL_CHUNK):
+        yield f'{{"model_chunk":{i},"base64":"{base64.b64encode(block).decode()}"}}\n'.encode()
+        i += 1
 
 
 def export_gzip(path: Path, name: str, progress: Progress | None = None) -> Iterator[bytes]:
@@ -162,6 +215,8 @@ class ImportLimits:
 class Imported:
     header: dict[str, Any]
     count: int
+    model: StoreModel  # whose codes the file holds: the server's, or the model it carried
+    model_file: Path | None = None  # that model's checkpoint, beside ``dest``, when it carried one
 
 
 def _bad(message: str) -> InvalidExport:
@@ -210,23 +265,106 @@ def read_header(lines: _Lines, model: StoreModel) -> dict[str, Any]:
         raise _bad(f"format version {version!r}; this Monolith reads versions {list(READABLE_VERSIONS)}")
     if header.setdefault("vectors", "none") not in vectors.KINDS:
         raise _bad(f"'vectors' must be one of {list(vectors.KINDS)}")
-    if not model.made(header):
+    if version < 3:  # no fit rows, no model: the codes are the server checkpoint's
+        header["fit_meta"], header["model_file"] = {}, None
+    own = _check_fit_meta(header)
+    if own:  # the codes are the carried model's: checked when its lines are read (_read_model)
+        if header.get("weights_sha256") != own:
+            raise _bad(f"its codes name weights {header.get('weights_sha256')!r} but it carries model {own}")
+    elif header.get("model_file") is not None:
+        raise _bad("it carries a model but fit_meta names none")
+    elif not model.made(header):
         raise CheckpointMismatch(
             f"the export was made with {made_with(header)} but this server runs "
             f"{made_with(model.file_meta())}; codes from one checkpoint mean nothing to another. Import it "
             "where that checkpoint is served (MONOLITH_CHECKPOINT), or rebuild the collection from its source data. "
             "Nothing was written."
         )
-    num_heads, codebook_size = model.num_heads, model.codebook_size
-    if header.get("num_heads") != num_heads or header.get("codebook_size") != codebook_size:
-        raise _bad(f"codes of {header.get('num_heads')} heads × {header.get('codebook_size')} entries; "
-                   f"the checkpoint has {num_heads} × {codebook_size}")
+    if not own:
+        _check_shape(header, model)
     if not isinstance(header.get("count"), int) or header["count"] < 0:
         raise _bad("the header has no item count")
     carried = header.get("collection_meta") or {}
     if not isinstance(carried, dict) or not all(k in CARRIED_META and isinstance(v, str) for k, v in carried.items()):
         raise _bad(f"collection_meta may only hold the text settings {list(CARRIED_META)}")
     return header
+
+
+def _check_shape(header: dict[str, Any], model: StoreModel) -> None:
+    num_heads, codebook_size = model.num_heads, model.codebook_size
+    if header.get("num_heads") != num_heads or header.get("codebook_size") != codebook_size:
+        raise _bad(f"codes of {header.get('num_heads')} heads × {header.get('codebook_size')} entries; "
+                   f"the checkpoint has {num_heads} × {codebook_size}")
+
+
+def _check_fit_meta(header: dict[str, Any]) -> str | None:
+    """The header's fit rows, checked; returns the own model they name (None: the server's)."""
+    rows = header.setdefault("fit_meta", {})
+    if not isinstance(rows, dict) or not all(k in FIT_META and isinstance(v, str) for k, v in rows.items()):
+        raise _bad(f"fit_meta may only hold the text rows {list(FIT_META)}")
+    if rows.get("auto_fit", "true") not in ("true", "false"):
+        raise _bad("fit_meta: auto_fit must be 'true' or 'false'")
+    for key in ("fitted_rows", "fit_attempt_rows"):
+        if key in rows and not rows[key].isdigit():
+            raise _bad(f"fit_meta: {key} must be a whole number")
+    if fitted.REPORT_KEY in rows:
+        try:
+            report = json.loads(rows[fitted.REPORT_KEY])
+        except json.JSONDecodeError:
+            report = None
+        if not isinstance(report, dict):
+            raise _bad(f"fit_meta: {fitted.REPORT_KEY} must be a JSON object")
+    own = rows.get(fitted.META_KEY)
+    if own is None:
+        return None
+    spec = header.get("model_file")
+    if (not _is_sha256(own) or not isinstance(spec, dict) or set(spec) != {"weights_sha256", "sha256", "bytes"}
+            or spec["weights_sha256"] != own or not _is_sha256(spec["sha256"])
+            or type(spec["bytes"]) is not int or not 0 < spec["bytes"] <= MAX_MODEL_BYTES):
+        raise _bad(f"fit_meta names model {own!r}, so model_file must be its weights_sha256, the sha256 of its "
+                   f"bytes and their number (1..{MAX_MODEL_BYTES})")
+    return own
+
+
+def _is_sha256(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+def _read_model(lines: _Lines, header: dict[str, Any], out: Path) -> StoreModel:
+    """Write the model the file carries to ``out`` (its bytes' sha256 checked) and load it: it must
+    be a code-producing checkpoint of the weights the header names."""
+    spec = header["model_file"]
+    size, own = spec["bytes"], spec["weights_sha256"]
+    h = hashlib.sha256()
+    got = 0
+    with out.open("wb") as fh:
+        while got < size:
+            obj = lines.json(lines.next())
+            where = f"line {lines.number}"
+            if (not isinstance(obj, dict) or set(obj) != {"model_chunk", "base64"}
+                    or type(obj["model_chunk"]) is not int or obj["model_chunk"] != got // MODEL_CHUNK):
+                raise _bad(f"{where} is not the model's next chunk ({got} of its {size} bytes given)")
+            try:
+                block = base64.b64decode(obj["base64"], validate=True) if isinstance(obj["base64"], str) else b""
+            except (binascii.Error, ValueError):
+                block = b""
+            if len(block) != min(MODEL_CHUNK, size - got):
+                raise _bad(f"{where}: the model chunk must be the base64 of {min(MODEL_CHUNK, size - got)} bytes")
+            fh.write(block)
+            h.update(block)
+            got += len(block)
+        fh.flush()
+        os.fsync(fh.fileno())
+    if h.hexdigest() != spec["sha256"]:
+        raise _bad("its model's bytes do not match their sha256: the file was altered or damaged")
+    try:
+        ckpt = load_checkpoint(out)
+        monolith = Monolith(ckpt)
+    except CheckpointError as exc:
+        raise _bad(f"its model is not a usable checkpoint: {str(exc).replace(str(out), 'the model')}") from None
+    if ckpt.weights_sha256 != own:
+        raise _bad(f"its model holds weights {ckpt.weights_sha256}, but its codes belong to {own}")
+    return StoreModel.from_monolith(monolith)
 
 
 @dataclass
@@ -289,16 +427,31 @@ def read_into(
 ) -> Imported:
     """Check the export in ``src`` and write it as a new collection file ``dest`` (which must
     not exist; it is removed again if anything is wrong). ``model`` is the serving one: the
-    header's checkpoint must be that one."""
+    header's checkpoint must be that one, unless the file carries its own model: then that is
+    written beside ``dest`` (``Imported.model_file``, the caller's to remove) and its codes are its."""
     limits = limits or ImportLimits()
     lines = _Lines(src)
     header = read_header(lines, model)
+    model_file = None
+    base = model.file_meta()
+    if header["fit_meta"].get(fitted.META_KEY):
+        model_file = dest.with_name(dest.name + MODEL_SUFFIX)
+        try:
+            model = _read_model(lines, header, model_file)
+            _check_shape(header, model)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                model_file.unlink()
+            raise
+        recorded = header.get("checkpoint_sha256")  # the checkpoint it was fitted from, as the original says
+        base = {**model.file_meta(), **({"checkpoint_sha256": recorded} if isinstance(recorded, str) else {})}
     num_heads, codebook_size = model.num_heads, model.codebook_size
     description = header.get("description")
-    meta = {**model.file_meta(), **(header.get("collection_meta") or {}), vectors.META_KEY: header["vectors"]}
+    meta = {**base, **(header.get("collection_meta") or {}), vectors.META_KEY: header["vectors"],
+            **header["fit_meta"]}
     shape = _Shape(num_heads, codebook_size, header["vectors"], model.input_dim, limits)
-    files.create_file(dest, meta, num_heads, description if isinstance(description, str) else None)
     try:
+        files.create_file(dest, meta, num_heads, description if isinstance(description, str) else None)
         conn = sqlite3.connect(dest, isolation_level=None)
         try:
             conn.execute("PRAGMA synchronous=OFF")  # not visible until complete; fsynced below
@@ -310,8 +463,11 @@ def read_into(
             os.fsync(fh.fileno())
     except BaseException:
         files.remove_files(dest)
+        if model_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                model_file.unlink()
         raise
-    return Imported(header=header, count=n)
+    return Imported(header=header, count=n, model=model, model_file=model_file)
 
 
 def _copy_items(conn: sqlite3.Connection, lines: _Lines, count: int, shape: _Shape,
@@ -378,16 +534,20 @@ def import_collection(
     if not replace and store.path(name).exists():
         raise CollectionExists(f"collection {name!r} already exists; import with replace=true (CLI: --replace) "
                                "to replace it, or import under another name")
-    model = store.model
     tmp = store.staging_path(name)
+    model_file = tmp.with_name(tmp.name + MODEL_SUFFIX)  # where read_into writes a carried model
     try:
-        done = read_into(src, tmp, model, limits, progress)
-        try:  # the index settings it carried must make an index (a hand-edited file may not)
-            partitions.new_index(model, files.read_meta(tmp), store.backend)
-        except Exception as exc:
-            raise _bad(f"its index settings (collection_meta) are not usable: {exc}") from None
-    except BaseException:
-        files.remove_files(tmp)
-        raise
-    col, created = store.install(name, tmp, replace)
+        try:
+            done = read_into(src, tmp, store.model, limits, progress)
+            try:  # the index settings it carried must make an index (a hand-edited file may not)
+                partitions.new_index(done.model, files.read_meta(tmp), store.backend)
+            except Exception as exc:
+                raise _bad(f"its index settings (collection_meta) are not usable: {exc}") from None
+        except BaseException:
+            files.remove_files(tmp)
+            raise
+        col, created = store.install(name, tmp, replace, done.model_file)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            model_file.unlink()
     return col, done.count, created

@@ -83,7 +83,8 @@ def make_client(monolith: Monolith, tmp_path: Path) -> Iterator[AppFactory]:
     stack = contextlib.ExitStack()
 
     def factory(*, embedder: Any = None, wait: bool = True, inject_model: bool = True, **overrides: Any) -> TestClient:
-        fields: dict[str, Any] = {"data_dir": tmp_path / "data", "load_text_model": False}
+        # no background fits unless a test asks (tests/service/collections/test_fitting.py)
+        fields: dict[str, Any] = {"data_dir": tmp_path / "data", "load_text_model": False, "auto_fit_at": 0}
         fields.update(overrides)
         app = create_app(Settings(**fields), monolith=monolith if inject_model else None, embedder=embedder)
         client = stack.enter_context(TestClient(app))
@@ -156,7 +157,7 @@ def run_server(tmp: Path, env: dict[str, str] | None = None, args: list[str] | N
         proc.stop()
 
 
-SESSION_SERVER_ENV = {"MONOLITH_LOAD_TEXT_MODEL": "true", "MONOLITH_BATCH_WAIT_MS": "5"}
+SESSION_SERVER_ENV = {"MONOLITH_LOAD_TEXT_MODEL": "true", "MONOLITH_BATCH_WAIT_MS": "5", "MONOLITH_AUTO_FIT_AT": "0"}
 
 
 @pytest.fixture(scope="session")

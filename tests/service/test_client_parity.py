@@ -34,6 +34,10 @@ OPERATIONS: dict[Op, tuple[str, ...]] = {
     ("DELETE", "/collections/{name}"): ("delete_collection",),
     ("POST", "/collections/{name}/train"): ("train",),
     ("POST", "/collections/{name}/migrate"): ("migrate",),
+    ("POST", "/collections/{name}/fit"): ("fit",),
+    ("GET", "/collections/{name}/fit"): ("fit_status",),  # fit(wait=True) polls it too
+    ("DELETE", "/collections/{name}/fit"): ("cancel_fit",),
+    ("GET", "/collections/{name}/health"): ("collection_health",),
     ("POST", "/collections/{name}/items"): ("upsert",),
     ("GET", "/collections/{name}/items"): ("list_items",),
     ("GET", "/collections/{name}/count"): ("count",),
