@@ -32,7 +32,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 import torch
 
-from service.drift import DriftWatch
+from service.drift import CollectionDrift, DriftWatch
 from vqvae.api import Monolith
 from vqvae.drift import CodeDrift, reconstruction_cosines
 from vqvae.health import count_codes
@@ -230,6 +230,7 @@ class MicroBatcher:
         self.counts_lock = threading.Lock()
         self.cosine_sum, self.cosine_rows = 0.0, 0  # sampled cos(x, decode(codes)), under counts_lock
         self.drift = DriftWatch(monolith, metrics)  # re-judged after every encode pass
+        self._collection_drift: dict[str, CollectionDrift] = {}  # fitted collections' own traffic
         self._own_executor = executor is None
         self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="monolith-model")
         self.pending = 0
@@ -397,6 +398,32 @@ class MicroBatcher:
         """Counts, and the sum and number of sampled reconstruction cosines, taken together."""
         with self.counts_lock:
             return self.traffic_counts.copy(), self.cosine_sum, self.cosine_rows
+
+    def collection_drift(self, name: str, model: Monolith) -> CollectionDrift:
+        """The traffic of collection ``name`` under its own ``model`` (counted afresh after a new fit)."""
+        with self.counts_lock:
+            watch = self._collection_drift.get(name)
+            if watch is None or watch.weights_sha256 != model.weights_sha256:
+                watch = self._collection_drift[name] = CollectionDrift(name, model)
+            return watch
+
+    async def encode_with(self, name: str, model: Monolith, x: np.ndarray) -> np.ndarray:
+        """Codes of ``x`` by a fitted collection's own ``model`` on the worker thread (not micro-batched:
+        requests of different collections cannot share a pass), counted as that collection's traffic."""
+        watch = self.collection_drift(name, model)
+
+        def run() -> np.ndarray:
+            self._use_threads(len(x))
+            codes = model.encode(x, progress=False)
+            sample = fidelity_sample(len(x))
+            cosines = reconstruction_cosines(x[sample], model.decode(codes[sample])) if len(x) else np.zeros(0)
+            watch.observe(count_codes(codes, model.config.codebook_size), cosines)
+            return codes
+
+        if len(x) == 0:
+            return np.zeros((0, model.config.num_heads), dtype=np.uint8)
+        async with self._slot():
+            return await self.call(run)
 
     def traffic_drift(self) -> tuple[np.ndarray, CodeDrift | None]:
         """The traffic counts and their drift from the checkpoint's reference, judged now (None

@@ -58,7 +58,8 @@ Snapshot = Callable[[], tuple[np.ndarray, float, int]]
 class DriftWatch:
     """Judges traffic against one checkpoint's reference and reports status changes."""
 
-    def __init__(self, monolith: Any, metrics: Any | None = None) -> None:
+    def __init__(self, monolith: Any, metrics: Any | None = None, label: str = "traffic") -> None:
+        self.label = label  # whose traffic, in log lines
         try:
             self.reference = stored_reference_counts(monolith)
         except BadReferenceCounts as exc:
@@ -99,7 +100,36 @@ class DriftWatch:
         if self.metrics is not None:
             self.metrics.drift_transitions.labels(drift.status).inc()
         if drift.status == "drifted":
-            log.warning("traffic drifted from the checkpoint's reference (%s → drifted): %s", before,
+            log.warning("%s drifted from the checkpoint's reference (%s → drifted): %s", self.label, before,
                         "; ".join(drift.reasons))
         elif before == "drifted":
-            log.info("traffic no longer drifted from the checkpoint's reference (now %s)", drift.status)
+            log.info("%s no longer drifted from the checkpoint's reference (now %s)", self.label, drift.status)
+
+
+class CollectionDrift:
+    """The traffic of one fitted collection, judged against its own model's reference (the codes and
+    reconstruction cosine of the rows its fit held out): writes to a fitted collection are encoded
+    by that model, not the server's, so they are counted here and not in the server's traffic."""
+
+    def __init__(self, name: str, monolith: Any) -> None:
+        self.watch = DriftWatch(monolith, label=f"collection {name!r}'s traffic")
+        self.weights_sha256 = monolith.weights_sha256
+        k = monolith.config.codebook_size
+        self.counts = np.zeros((monolith.config.num_heads, k), dtype=np.int64)
+        self.cosine_sum, self.cosine_rows = 0.0, 0
+        self.lock = threading.Lock()
+
+    def observe(self, counts: np.ndarray, cosines: np.ndarray) -> None:
+        """Add one encode pass: its code counts and the sampled reconstruction cosines."""
+        with self.lock:
+            self.counts += counts
+            self.cosine_sum += float(cosines.sum())
+            self.cosine_rows += len(cosines)
+        self.watch.check(self.snapshot)
+
+    def snapshot(self) -> tuple[np.ndarray, float, int]:
+        with self.lock:
+            return self.counts.copy(), self.cosine_sum, self.cosine_rows
+
+    def check(self) -> CodeDrift | None:
+        return self.watch.check(self.snapshot)[1]

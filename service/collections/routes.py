@@ -181,11 +181,18 @@ async def cancel_fit(name: Name, store: Collections, fits: Fits) -> FitJobOut:
 
 
 @router.get("/collections/{name}/health", response_model=CodebookHealthResponse, responses=ERRORS,
-            summary="Codebook health of the collection's codes (under its own model once fitted)")
-async def collection_health(name: Name, store: Collections) -> CodebookHealthResponse:
+            summary="Codebook health of the collection's codes (under its own model once fitted)",
+            description="Usage, entropy and Zipf fit of every stored item's codes. For a fitted collection, "
+            "`drift` judges the writes this server encoded for it since it started against its own model's "
+            "reference (the codes and reconstruction cosine of the rows its fit held out): `insufficient_data` "
+            "until enough were seen, `drifted` (with a log warning) when they reconstruct far worse. Null for a "
+            "collection on the server's checkpoint, whose writes are the server's traffic (GET /codebook/health).")
+async def collection_health(name: Name, store: Collections, batcher: Batcher) -> CodebookHealthResponse:
     col = await run_in_threadpool(store.get, name)
     health = await run_in_threadpool(col.codebook_health)
-    return CodebookHealthResponse(**health.model_dump(), source="collection")
+    own = col.encoder  # a fitted collection's writes are judged against its own model's reference
+    drift = batcher.collection_drift(name, own).check() if own is not None else None
+    return CodebookHealthResponse(**health.model_dump(), source="collection", drift=drift)
 
 
 async def _embed_stored(batcher: MicroBatcher, texts: list[str]) -> np.ndarray:
@@ -273,7 +280,7 @@ async def _encode_for(col: Collection, batcher: MicroBatcher, x: np.ndarray) -> 
     own = col.encoder
     if own is None:
         return await batcher.encode(x), batcher.monolith.weights_sha256
-    return await batcher.call(own.encode, x, False), own.weights_sha256
+    return await batcher.encode_with(col.name, own, x), own.weights_sha256
 
 
 def _item(item: StoredItem) -> ItemOut:

@@ -9,6 +9,7 @@ Real fits, kept small: the shipped checkpoint fitted on real MiniLM vectors unde
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import sqlite3
@@ -378,3 +379,28 @@ def test_disk_full_during_a_fit_fails_the_job_and_changes_nothing(make_client: A
     assert job["status"] == "failed" and "No space left" in job["reason"], job
     assert codes_of(path) == stored and client.get("/collections/rot").json()["weights_sha256"] == before
     assert leftovers(path) == [] and not list(path.parent.glob(".rot.fit-*"))
+
+
+def test_a_fitted_collection_judges_its_own_writes_for_drift(make_client: AppFactory,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Drift per collection: writes like its rows are ok against its own model's reference; vectors
+    of another kind (sparse ones, nothing like the rows it was fitted to) turn it drifted,
+    with a warning naming the collection. The server's own traffic is not touched by either."""
+    client = make_client()
+    x = rotated()
+    fill(client, "rot", x)
+    assert client.get("/collections/rot/health").json()["drift"] is None  # not fitted yet
+    assert client.post("/collections/rot/fit", json=QUICK).status_code == 202
+    assert wait_fit(client, "rot")["status"] == "applied"
+    same = rotated(1024, seed=0)[:600]
+    fill(client, "rot", same, prefix="s")
+    drift = client.get("/collections/rot/health").json()["drift"]
+    assert drift["status"] == "ok", drift
+    server_before = client.get("/codebook/health").json()["drift"]
+    other = np.eye(384, dtype=np.float32)[np.arange(3000) % 384] + 0.01 * unit_rows(3000, seed=8)
+    with caplog.at_level("WARNING"):  # sparse vectors: nothing like what the model was fitted to
+        fill(client, "rot", other / np.linalg.norm(other, axis=1, keepdims=True), prefix="o")
+    drift = client.get("/collections/rot/health").json()["drift"]
+    assert drift["status"] == "drifted", json.dumps(drift)
+    assert any("collection 'rot'" in r.getMessage() and "drifted" in r.getMessage() for r in caplog.records)
+    assert client.get("/codebook/health").json()["drift"]["status"] == server_before["status"]
