@@ -164,6 +164,16 @@ function showHeads(traffic, reference) {
   });
 }
 
+// Whose codes a collection holds: the server's checkpoint, or its own fitted model with the held-out
+// recall 10@10 of its fit beside the generic checkpoint's (docs/collections.md, "Fitting a collection").
+function codesOf(c) {
+  const model = c.fit && c.fit.model;
+  if (!model) return "generic";
+  const r = c.fit.report;
+  const recall = r ? ` (10@10 ${num(r.adapted_recall, 3)} vs generic ${num(r.generic_recall, 3)})` : "";
+  return `fitted ${model.weights_sha256.slice(0, 8)}${recall}`;
+}
+
 function showCollections(list) {
   const body = $("collection-table").tBodies[0];
   body.replaceChildren();
@@ -176,7 +186,8 @@ function showCollections(list) {
       ? ` (untrained; trains at ${c.index.train_at ?? "?"} items)` : "") : "flat";
     const per = c.bytes_per_item;
     const perItem = per ? `${num(per.ram, 1)} B · ${num(per.disk, 0)} B` : "–";
-    for (const v of [c.name, c.count ?? "–", bytes(c.size_bytes), perItem, c.vectors ?? "–", c.status, index,
+    for (const v of [c.name, c.count ?? "–", bytes(c.size_bytes), perItem, c.vectors ?? "–", codesOf(c), c.status,
+      index,
       c.created ? c.created.replace("T", " ").slice(0, 19) : "–", c.description || ""]) {
       tr.append(el("td", v));
     }

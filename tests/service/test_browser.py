@@ -156,6 +156,7 @@ def test_dashboard_shows_live_numbers_after_the_key(page: Page, locked_server: s
     row = p.locator("#collection-table tbody tr[data-collection='browser-notes'] td")
     assert row.nth(0).text_content() == "browser-notes" and row.nth(1).text_content() == "37"
     assert re.fullmatch(r"[\d.]+ B · \d+ B", row.nth(3).text_content()) and row.nth(4).text_content() == "int8"
+    assert row.nth(5).text_content() == "generic"  # not fitted: the server's checkpoint's codes
     page.shot("dashboard")
 
     # Live: more traffic, one refresh, a larger count.

@@ -260,3 +260,33 @@ def test_zipf_fit_line_stays_inside_its_panel(monolith: Monolith) -> None:
         assert line is not None, head.get("data-head")
         for x, y in ((line.get("x1"), line.get("y1")), (line.get("x2"), line.get("y2"))):
             assert left <= float(x) <= right and top <= float(y) <= bottom, (head.get("data-head"), x, y)
+
+
+CODES_OF = r"""
+const fs = require("fs"), vm = require("vm");
+const ctx = vm.createContext({document: {getElementById() { return {}; }, addEventListener() {}}, MonolithAuth: {},
+                              console});
+vm.runInContext(fs.readFileSync(process.argv[2], "utf8") + "\nthis.codesOf = codesOf;", ctx);
+process.stdout.write(JSON.stringify(JSON.parse(fs.readFileSync(0, "utf8")).map((c) => ctx.codesOf(c))));
+"""
+
+
+def test_dashboard_says_whose_codes_a_collection_holds(tmp_path: Path) -> None:
+    """The collections table: 'generic' before a fit (or after one not applied), the fitted model's
+    weights and its held-out recall against the generic checkpoint's once fitted."""
+    import json
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the dashboard's rows are checked in tests/service/test_browser.py")
+    script = tmp_path / "codes_of.js"
+    script.write_text(CODES_OF)
+    report = {"adapted_recall": 0.5791, "generic_recall": 0.3192}
+    cols = [{"fit": None}, {"fit": {"model": None, "report": {**report, "applied": False}}},
+            {"fit": {"model": {"weights_sha256": "e1216272869b" + "0" * 52}, "report": report}}]
+    out = subprocess.run([node, str(script), str(dashboard.STATIC_DIR / "dashboard.js")], input=json.dumps(cols),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == ["generic", "generic", "fitted e1216272 (10@10 0.579 vs generic 0.319)"]
