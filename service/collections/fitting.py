@@ -264,11 +264,9 @@ class FitJobs:
             else:
                 self._record_attempt(col, report, job)
             job.status = "applied" if job.applied else "not_applied"
-        except Cancelled:
-            job.status, job.reason = "cancelled", "cancelled by DELETE /collections/{name}/fit"
         except Exception as exc:  # the job's answer: the collection is left as it was
-            if job._cancel.is_set():
-                job.status, job.reason = "cancelled", "cancelled by DELETE /collections/{name}/fit"
+            if isinstance(exc, Cancelled) or job._cancel.is_set():  # a kill shows as a failed child too
+                job.status, job.reason = "cancelled", f"cancelled by DELETE /collections/{name}/fit"
             else:
                 job.status, job.reason = "failed", str(exc) or type(exc).__name__
                 log.warning("collection %s: fit %s failed: %s", name, job.id, job.reason)

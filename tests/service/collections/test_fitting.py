@@ -404,3 +404,10 @@ def test_a_fitted_collection_judges_its_own_writes_for_drift(make_client: AppFac
     assert drift["status"] == "drifted", json.dumps(drift)
     assert any("collection 'rot'" in r.getMessage() and "drifted" in r.getMessage() for r in caplog.records)
     assert client.get("/codebook/health").json()["drift"]["status"] == server_before["status"]
+
+
+def test_the_server_refuses_below_the_measured_minimum() -> None:
+    """The server checks the minimum without importing the trainer; it is the trainer's measured one."""
+    from trainer.fit import MIN_ROWS
+
+    assert fitting.MIN_ROWS == MIN_ROWS
